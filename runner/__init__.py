@@ -1,0 +1,72 @@
+"""runner: run LLM pipelines as DAGs on trio, with a typed event log, resume and a cache.
+
+The public API::
+
+    import runner, trio
+
+    pipeline = runner.load_pipeline("examples/app_builder.toml")
+    result = trio.run(runner.run_dag, pipeline)
+    print(result.status, result.run_dir)
+"""
+
+from ._version import __version__ as __version__
+from .config import Settings as Settings
+from .dag import Job as Job
+from .dag import open_job as open_job
+from .dag import read_completed_steps as read_completed_steps
+from .dag import run_dag as run_dag
+from .errors import CircuitOpenError as CircuitOpenError
+from .errors import ConfigError as ConfigError
+from .errors import JobError as JobError
+from .errors import PathEscapeError as PathEscapeError
+from .errors import PermanentProviderError as PermanentProviderError
+from .errors import PipelineError as PipelineError
+from .errors import ProviderConnectionError as ProviderConnectionError
+from .errors import ProviderError as ProviderError
+from .errors import ProviderTimeoutError as ProviderTimeoutError
+from .errors import RateLimitError as RateLimitError
+from .errors import RetryableProviderError as RetryableProviderError
+from .errors import RunnerError as RunnerError
+from .errors import StorageError as StorageError
+from .events import Event as Event
+from .events import EventEmitter as EventEmitter
+from .events import read_events as read_events
+from .filestore import safe_write as safe_write
+from .pipeline import InputSpec as InputSpec
+from .pipeline import Pipeline as Pipeline
+from .pipeline import Step as Step
+from .pipeline import load_pipeline as load_pipeline
+from .step import StepContext as StepContext
+from .supervisor import JobResult as JobResult
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigError",
+    "Event",
+    "EventEmitter",
+    "InputSpec",
+    "Job",
+    "JobError",
+    "JobResult",
+    "PathEscapeError",
+    "PermanentProviderError",
+    "Pipeline",
+    "PipelineError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderTimeoutError",
+    "RateLimitError",
+    "RetryableProviderError",
+    "RunnerError",
+    "Settings",
+    "Step",
+    "StepContext",
+    "StorageError",
+    "__version__",
+    "load_pipeline",
+    "open_job",
+    "read_completed_steps",
+    "read_events",
+    "run_dag",
+    "safe_write",
+]

@@ -1,0 +1,96 @@
+"""The response cache: deterministic keys, atomic entries, corruption is a miss.
+
+`compute_cache_key()` hashes everything that can change a model's answer.
+Leaving one of them out (the base URL, a stop sequence, the runner version)
+is the classic stale-cache bug; the key never includes the job id, so a
+shared `--cache-dir` serves every job that asks the same question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .filestore import DirtyDirs, write_atomic
+from .providers.base import LLMRequest, LLMResponse
+
+__all__ = ["Cache", "CorruptCacheEntry", "compute_cache_key"]
+
+_ENTRY_FORMAT = 1
+
+
+def compute_cache_key(
+    *,
+    provider: str,
+    base_url: str,
+    step: str,
+    request: LLMRequest,
+    pipeline_version: str,
+    runner_version: str,
+) -> str:
+    """SHA-256 of the canonical JSON of every input that can change the response.
+
+    Same inputs -> same key, in any process; any change -> a new key::
+
+        key = compute_cache_key(provider="openai", base_url=url, step="architect",
+                                request=req, pipeline_version="1", runner_version="2.0.0")
+    """
+    material = {
+        "provider": provider,
+        "base_url": base_url,
+        "model": request.model,
+        "step": step,
+        "system": request.system,
+        "prompt": request.prompt,
+        "temperature": float(request.temperature),
+        "max_tokens": request.max_tokens,
+        "stop": list(request.stop),
+        "seed": request.seed,
+        "options": dict(request.options),
+        "pipeline_version": pipeline_version,
+        "runner_version": runner_version,
+    }
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class CorruptCacheEntry(Exception):
+    """A cache entry exists but cannot be read back; treated as a miss."""
+
+
+class Cache:
+    """Entries under `root/ab/abcdef....json`, sharded by the key's first two hex digits."""
+
+    def __init__(self, root: Path, *, fsync: str = "batch", dirty: DirtyDirs | None = None):
+        self.root = root
+        self._fsync = fsync
+        self._dirty = dirty
+
+    def _relpath(self, key: str) -> str:
+        return f"{key[:2]}/{key}.json"
+
+    def get(self, key: str) -> LLMResponse | None:
+        """The cached response, None when absent; `CorruptCacheEntry` when unreadable."""
+        try:
+            raw = (self.root / self._relpath(key)).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CorruptCacheEntry(f"unreadable: {exc.strerror}") from None
+        try:
+            record = json.loads(raw)
+            if record.get("format") != _ENTRY_FORMAT or record.get("key") != key:
+                raise ValueError("wrong format or key")
+            fields: dict[str, Any] = record["response"]
+            return LLMResponse(**fields)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise CorruptCacheEntry(f"corrupt: {exc}") from None
+
+    def put(self, key: str, response: LLMResponse) -> None:
+        record = {"format": _ENTRY_FORMAT, "key": key, "response": attrs.asdict(response)}
+        data = json.dumps(record, sort_keys=True, ensure_ascii=False).encode()
+        write_atomic(self.root, self._relpath(key), data, fsync=self._fsync, dirty=self._dirty)

@@ -1,0 +1,385 @@
+"""The typed event log: `Event`, the `EventEmitter`, the writer actor, and readers.
+
+Every action of a job is one `Event`, one JSON line in `runs/<job_id>/events.jsonl`.
+Steps never touch the file: they `await emitter.emit(...)`, which sends into a
+bounded memory channel; one writer task owns the file, writes each event as
+one complete line, and fans events out to live subscribers.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .errors import RunnerError
+
+if TYPE_CHECKING:
+    from .filestore import DirtyDirs
+
+__all__ = [
+    "EVENT_TYPES",
+    "LEVELS",
+    "Event",
+    "EventEmitter",
+    "TornLineWarning",
+    "read_events",
+]
+
+LEVELS = ("INFO", "WARN", "ERROR")
+_LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
+
+#: Every event type, with its default level.
+EVENT_TYPES: Mapping[str, str] = {
+    "job.started": "INFO",
+    "job.finished": "INFO",
+    "step.started": "INFO",
+    "step.succeeded": "INFO",
+    "step.failed": "ERROR",
+    "step.skipped": "INFO",
+    "llm.request": "INFO",
+    "llm.response": "INFO",
+    "llm.retry": "WARN",
+    "breaker.opened": "WARN",
+    "breaker.half_open": "INFO",
+    "breaker.closed": "INFO",
+    "cache.hit": "INFO",
+    "cache.miss": "INFO",
+    "file.written": "INFO",
+}
+
+# Events after which the writer makes the log durable (fsync) before going on.
+_DURABLE_POINTS = frozenset({"step.succeeded", "step.failed", "step.skipped", "job.finished"})
+
+
+class TornLineWarning(UserWarning):
+    """A line of an events log could not be parsed (a write torn by a crash)."""
+
+
+def utc_now_iso() -> str:
+    """The current time as `2026-11-24T05:23:34.123456+00:00`."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+
+
+def level_at_least(level: str, minimum: str) -> bool:
+    """True when `level` is `minimum` or more severe (INFO < WARN < ERROR)."""
+    return _LEVEL_RANK[level] >= _LEVEL_RANK[minimum]
+
+
+@attrs.frozen
+class Event:
+    """One line of the log: keys in field order; an absent `step` or `data` is omitted."""
+
+    ts: str
+    level: str
+    job_id: str
+    type: str
+    step: str | None = None
+    data: Mapping[str, Any] | None = None
+
+    def to_json(self) -> str:
+        record: dict[str, Any] = {
+            "ts": self.ts,
+            "level": self.level,
+            "job_id": self.job_id,
+            "type": self.type,
+        }
+        if self.step is not None:
+            record["step"] = self.step
+        if self.data is not None:
+            record["data"] = self.data
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> Event:
+        return cls(
+            ts=record["ts"],
+            level=record["level"],
+            job_id=record["job_id"],
+            type=record["type"],
+            step=record.get("step"),
+            data=record.get("data"),
+        )
+
+    def matches_type(self, pattern: str) -> bool:
+        """`llm` matches `llm.*`; `llm.retry` matches only itself."""
+        return self.type == pattern or self.type.startswith(pattern + ".")
+
+
+def make_event(
+    job_id: str,
+    type: str,
+    *,
+    step: str | None = None,
+    level: str | None = None,
+    data: Mapping[str, Any] | None = None,
+    ts: str | None = None,
+) -> Event:
+    """Build a validated `Event`, filling `ts` and the type's default level."""
+    if type not in EVENT_TYPES:
+        raise RunnerError(f"unknown event type {type!r}")
+    level = level or EVENT_TYPES[type]
+    if level not in _LEVEL_RANK:
+        raise RunnerError(f"unknown event level {level!r} (expected one of {', '.join(LEVELS)})")
+    return Event(ts or utc_now_iso(), level, job_id, type, step, data)
+
+
+class EventEmitter:
+    """The only way to write an event. Cheap to share between tasks.
+
+    Each method builds an `Event` and sends it to the writer over a bounded
+    channel, so a slow disk applies back-pressure instead of growing memory.
+    """
+
+    def __init__(self, job_id: str, send_channel: trio.MemorySendChannel[Event]) -> None:
+        self.job_id = job_id
+        self._send_channel = send_channel
+        #: Events sent so far; `EventWriter.wait_written(emitter.sent)` waits for all of them.
+        self.sent = 0
+
+    async def emit(
+        self,
+        type: str,
+        *,
+        step: str | None = None,
+        level: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        ts: str | None = None,
+    ) -> Event:
+        event = make_event(self.job_id, type, step=step, level=level, data=data, ts=ts)
+        await self._send_channel.send(event)
+        self.sent += 1
+        return event
+
+    async def aclose(self) -> None:
+        await self._send_channel.aclose()
+
+    # -- job and step helpers -------------------------------------------------
+
+    async def job_started(self, **data: Any) -> Event:
+        return await self.emit("job.started", data=data)
+
+    async def job_finished(self, status: str, **data: Any) -> Event:
+        level = {"succeeded": "INFO", "failed": "ERROR"}.get(status, "WARN")
+        return await self.emit("job.finished", level=level, data={"status": status, **data})
+
+    async def step_started(self, step: str) -> Event:
+        return await self.emit("step.started", step=step)
+
+    async def step_succeeded(self, step: str, **data: Any) -> Event:
+        return await self.emit("step.succeeded", step=step, data=data)
+
+    async def step_failed(self, step: str, *, error: str, message: str, attempts: int) -> Event:
+        data = {"error": error, "message": message, "attempts": attempts}
+        return await self.emit("step.failed", step=step, data=data)
+
+    async def step_skipped(self, step: str, reason: str, **data: Any) -> Event:
+        level = "WARN" if reason == "upstream_failed" else "INFO"
+        return await self.emit(
+            "step.skipped", step=step, level=level, data={"reason": reason, **data}
+        )
+
+    # -- llm, cache, files ----------------------------------------------------
+
+    async def llm_request(self, step: str, **data: Any) -> Event:
+        return await self.emit("llm.request", step=step, data=data)
+
+    async def llm_response(self, step: str, *, status: int | str | None, **data: Any) -> Event:
+        ok = status is None or status == "ok" or (isinstance(status, int) and status < 400)
+        return await self.emit(
+            "llm.response",
+            step=step,
+            level="INFO" if ok else "WARN",
+            data={"status": status, **data},
+        )
+
+    async def llm_retry(self, step: str, *, attempt: int, delay_s: float, reason: str) -> Event:
+        data = {"attempt": attempt, "delay_s": round(delay_s, 6), "reason": reason}
+        return await self.emit("llm.retry", step=step, data=data)
+
+    async def breaker(self, transition: str, *, provider: str, failures: int) -> Event:
+        return await self.emit(
+            f"breaker.{transition}", data={"provider": provider, "failures": failures}
+        )
+
+    async def cache_hit(self, step: str, key: str) -> Event:
+        return await self.emit("cache.hit", step=step, data={"key": key})
+
+    async def cache_miss(self, step: str, key: str, *, reason: str | None = None) -> Event:
+        if reason is None:
+            return await self.emit("cache.miss", step=step, data={"key": key})
+        return await self.emit(
+            "cache.miss", step=step, level="WARN", data={"key": key, "reason": reason}
+        )
+
+    async def file_written(
+        self, step: str | None, *, path: str, sha256: str, wrote: bool, reason: str
+    ) -> Event:
+        data = {"path": path, "sha256": sha256, "wrote": wrote, "reason": reason}
+        return await self.emit("file.written", step=step, data=data)
+
+
+class EventWriter:
+    """The writer actor: owns `events.jsonl`, writes in order, fsyncs in batches.
+
+    Start it with `await nursery.start(writer.run, receive_channel)`. It stops
+    when every send channel is closed, after writing everything it received,
+    and then sets `done`. Its loop is shielded so that the last events of a
+    cancelled job (`job.finished status=cancelled`) still reach the disk;
+    whoever starts it must close the send side (and may `cancel()` it after a
+    deadline). `on_event` sees each event once it is written, in order.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool = True,
+        dirty: DirtyDirs | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._dirty = dirty
+        self._on_event = on_event
+        self._subscribers: list[trio.MemorySendChannel[Event]] = []
+        self._scope = trio.CancelScope(shield=True)
+        self.done = trio.Event()
+        self.events_written = 0
+        self._waiters: list[tuple[int, trio.Event]] = []
+
+    def subscribe(self, send_channel: trio.MemorySendChannel[Event]) -> None:
+        """Receive every event written from now on; the channel is closed when the writer ends."""
+        self._subscribers.append(send_channel)
+
+    def cancel(self) -> None:
+        self._scope.cancel()
+
+    async def wait_written(self, count: int) -> None:
+        """Wait until `count` events have been written (and seen by `on_event`)."""
+        if self.events_written >= count or self.done.is_set():
+            return
+        event = trio.Event()
+        self._waiters.append((count, event))
+        await event.wait()
+
+    async def run(
+        self,
+        receive_channel: trio.MemoryReceiveChannel[Event],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        fd = _open_log(self.path)
+        try:
+            with self._scope:
+                task_status.started()
+                async with receive_channel:
+                    await self._loop(fd, receive_channel)
+        finally:
+            os.close(fd)
+            for subscriber in self._subscribers:
+                subscriber.close()
+            for _, waiter in self._waiters:
+                waiter.set()
+            self.done.set()
+
+    async def _loop(self, fd: int, receive_channel: trio.MemoryReceiveChannel[Event]) -> None:
+        while True:
+            try:
+                batch = [await receive_channel.receive()]
+            except trio.EndOfChannel:
+                return
+            # Drain what is already queued: one batch, at most one fsync.
+            while True:
+                try:
+                    batch.append(receive_channel.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            durable = False
+            for event in batch:
+                # One write() per complete line: a crash tears at most the last one.
+                os.write(fd, (event.to_json() + "\n").encode())
+                durable = durable or event.type in _DURABLE_POINTS
+                if self._on_event is not None:
+                    self._on_event(event)
+            self.events_written += len(batch)
+            if self._waiters:
+                for waiter in [w for w in self._waiters if w[0] <= self.events_written]:
+                    self._waiters.remove(waiter)
+                    waiter[1].set()
+            if durable and self._fsync:
+                await trio.to_thread.run_sync(self._sync, fd)
+            for subscriber in list(self._subscribers):
+                for event in batch:
+                    try:
+                        await subscriber.send(event)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self._subscribers.remove(subscriber)
+                        break
+
+    def _sync(self, fd: int) -> None:
+        os.fsync(fd)
+        if self._dirty is not None:
+            self._dirty.sync()
+
+
+def _open_log(path: Path) -> int:
+    """Open for append, first cutting off a torn last line left by a crash."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    size = os.fstat(fd).st_size
+    if size:
+        tail_start = max(0, size - 65536)
+        while True:
+            tail = os.pread(fd, size - tail_start, tail_start)
+            cut = tail.rfind(b"\n")
+            if cut >= 0 or tail_start == 0:
+                break
+            tail_start = max(0, tail_start - 65536)
+        keep = tail_start + cut + 1 if cut >= 0 else 0
+        if keep != size:
+            os.ftruncate(fd, keep)
+    return fd
+
+
+def parse_line(line: bytes) -> Event | None:
+    """Parse one complete log line; None (with a warning) when it is not a valid event."""
+    try:
+        record = json.loads(line)
+        return Event.from_dict(record)
+    except (ValueError, KeyError, TypeError):
+        warnings.warn(
+            f"skipped an unreadable events line: {line[:80]!r}", TornLineWarning, stacklevel=3
+        )
+        return None
+
+
+def read_events(events_path: str | os.PathLike[str]) -> Iterator[Event]:
+    """Stream the events of a log, in order, in constant memory.
+
+    A torn last line (a crash mid-write) or any unreadable line is skipped with
+    a `TornLineWarning`, never an exception. Example::
+
+        for event in runner.read_events("runs/job-1/events.jsonl"):
+            if event.type == "step.failed":
+                print(event.step, event.data["message"])
+    """
+    with open(events_path, "rb") as file:
+        for line in file:
+            if not line.endswith(b"\n"):
+                # Each event is written with its newline in one write(): no newline, torn line.
+                warnings.warn(
+                    f"skipped a torn last line: {line[:80]!r}", TornLineWarning, stacklevel=2
+                )
+                break
+            if not line.strip():
+                continue
+            event = parse_line(line)
+            if event is not None:
+                yield event

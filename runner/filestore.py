@@ -1,0 +1,182 @@
+"""`safe_write()`: the only way anything under a job directory is written.
+
+Atomic (temp file in the same directory, then `os.replace`), idempotent (same
+bytes: the file is not touched), and confined (nothing escapes `root`).
+Durability against power loss follows the fsync policy: `always` fsyncs the
+file and its directory before returning; `batch` records the directory in a
+`DirtyDirs` set that the event writer fsyncs off the steps' path; `never`
+leaves it to the OS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, TypedDict
+
+import trio
+
+from .errors import PathEscapeError, StorageError
+
+if TYPE_CHECKING:
+    from .events import EventEmitter
+
+__all__ = ["DirtyDirs", "WriteResult", "check_relpath", "safe_write", "sha256_file"]
+
+_TMP_PREFIX = ".tmp-"
+
+
+class WriteResult(TypedDict):
+    path: str
+    sha256: str
+    wrote: bool
+    reason: str  # created / updated / nochange
+
+
+class DirtyDirs:
+    """Directories written since the last fsync batch (`RUNNER_FSYNC=batch`)."""
+
+    def __init__(self) -> None:
+        self._dirs: set[Path] = set()
+
+    def add(self, directory: Path) -> None:
+        self._dirs.add(directory)
+
+    def sync(self) -> None:
+        """fsync every recorded directory; call it from a worker thread."""
+        dirs, self._dirs = self._dirs, set()
+        for directory in dirs:
+            _fsync_dir(directory)
+
+
+def check_relpath(root: Path, relpath: str) -> Path:
+    """Return the absolute target for `relpath` under `root`, or raise `PathEscapeError`."""
+    if not relpath or "\0" in relpath:
+        raise PathEscapeError(f"refused path {relpath!r}: empty or contains NUL")
+    posix = relpath.replace("\\", "/")
+    pure = PurePosixPath(posix)
+    if pure.is_absolute() or (len(posix) > 1 and posix[1] == ":") or posix.startswith("//"):
+        raise PathEscapeError(f"refused path {relpath!r}: absolute paths are not allowed")
+    if ".." in pure.parts:
+        raise PathEscapeError(f"refused path {relpath!r}: '..' is not allowed")
+    if not pure.parts or pure.parts == (".",):
+        raise PathEscapeError(f"refused path {relpath!r}: names no file")
+    root = root.resolve()
+    target = root.joinpath(*pure.parts)
+    # resolve() follows symlinks already on disk, in any parent or the file itself.
+    if not target.resolve().is_relative_to(root):
+        raise PathEscapeError(f"refused path {relpath!r}: it leads outside {root} (symlink)")
+    return target
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str | None:
+    """The file's SHA-256, or None when it does not exist."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    return digest.hexdigest()
+
+
+def write_atomic(
+    root: Path,
+    relpath: str,
+    data: bytes,
+    *,
+    fsync: str = "batch",
+    dirty: DirtyDirs | None = None,
+) -> WriteResult:
+    """The synchronous core of `safe_write` (no events, no threads)."""
+    target = check_relpath(root, relpath)
+    new_hash = sha256_bytes(data)
+    old_hash = sha256_file(target)
+    if old_hash == new_hash:
+        return WriteResult(path=relpath, sha256=new_hash, wrote=False, reason="nochange")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        check_relpath(
+            root, relpath
+        )  # a directory we just created cannot be a symlink; re-check anyway
+        tmp = target.parent / f"{_TMP_PREFIX}{target.name}.{secrets.token_hex(4)}"
+        try:
+            with open(tmp, "xb") as file:
+                file.write(data)
+                if fsync == "always":
+                    file.flush()
+                    os.fsync(file.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise StorageError(f"cannot write {relpath!r} under {root}: {exc.strerror or exc}") from exc
+    if fsync == "always":
+        _fsync_dir(target.parent)
+    elif fsync == "batch" and dirty is not None:
+        dirty.add(target.parent)
+    reason = "created" if old_hash is None else "updated"
+    return WriteResult(path=relpath, sha256=new_hash, wrote=True, reason=reason)
+
+
+async def safe_write(
+    root: str | os.PathLike[str],
+    relpath: str,
+    data: bytes | str,
+    *,
+    fsync: str = "batch",
+    dirty: DirtyDirs | None = None,
+    emitter: EventEmitter | None = None,
+    step: str | None = None,
+) -> WriteResult:
+    """Write `data` to `root/relpath` atomically and idempotently, confined to `root`.
+
+    Returns `{path, sha256, wrote, reason}` where reason is `created`,
+    `updated` or `nochange` (same bytes already there: the file is not
+    touched). Raises `PathEscapeError` for absolute paths, `..`, NUL, drive
+    letters and symlinks leading out of `root`. With an `emitter`, a
+    `file.written` event is emitted. Example::
+
+        result = await safe_write(run_dir / "files", "src/app.py", code)
+        assert result["reason"] in ("created", "updated", "nochange")
+    """
+    payload = data.encode() if isinstance(data, str) else data
+    root_path = Path(root)
+    if fsync == "always":
+        result = await trio.to_thread.run_sync(
+            lambda: write_atomic(root_path, relpath, payload, fsync=fsync, dirty=dirty)
+        )
+    else:
+        result = write_atomic(root_path, relpath, payload, fsync=fsync, dirty=dirty)
+    if emitter is not None:
+        await emitter.file_written(step, **result)
+    return result
+
+
+def leftover_temp_files(directories: Iterable[Path]) -> list[Path]:
+    """Temp files a killed process left behind (tests and resume use this)."""
+    found: list[Path] = []
+    for directory in directories:
+        if directory.is_dir():
+            found.extend(p for p in directory.rglob(f"{_TMP_PREFIX}*") if p.is_file())
+    return found
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,226 @@
+"""`JobState`: one fold over the events, and the views built on it.
+
+The log is the source of truth. `JobState.apply(event)` folds one event; the
+manifest (`manifest.json`), `runner show`, `runner list` and resume all read
+the same fold, so they can never disagree. Memory grows with the number of
+steps and files, never with the length of the log.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .events import Event, read_events
+
+__all__ = ["MANIFEST_FORMAT_VERSION", "JobState", "StepState", "fold_events"]
+
+MANIFEST_FORMAT_VERSION = 1
+
+# A step's status as the views show it.
+PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELLED = (
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "skipped",
+    "cancelled",
+)
+
+
+@attrs.define
+class StepState:
+    status: str = PENDING
+    attempts: int = 0
+    output_sha256: str | None = None
+    started: str | None = None
+    duration_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached: bool = False
+    resumed: bool = False
+    reason: str | None = None  # why it failed or was skipped
+
+    def _add_tokens(self, data: dict[str, Any]) -> None:
+        for field in ("input_tokens", "output_tokens"):
+            value = data.get(field)
+            if isinstance(value, int):
+                setattr(self, field, (getattr(self, field) or 0) + value)
+
+
+@attrs.define
+class JobState:
+    """Everything the views need, derived from a job's events in order."""
+
+    job_id: str = ""
+    pipeline: str = ""
+    pipeline_sha256: str = ""
+    inputs: dict[str, str] = attrs.Factory(dict)
+    runner_version: str = ""
+    status: str = PENDING
+    steps: dict[str, StepState] = attrs.Factory(dict)
+    files: dict[str, str] = attrs.Factory(dict)
+    started: str | None = None
+    finished: str | None = None
+    duration_s: float | None = None
+    pid: int | None = None
+    runs: int = 0
+    events: int = 0
+
+    def apply(self, event: Event) -> None:
+        self.events += 1
+        data = dict(event.data or {})
+        kind = event.type
+        if kind == "job.started":
+            self._job_started(event, data)
+            return
+        if kind == "job.finished":
+            self.status = data.get("status", FAILED)
+            self.finished = event.ts
+            self.duration_s = data.get("duration_s")
+            for step in self.steps.values():
+                if step.status == RUNNING:
+                    step.status = CANCELLED
+            return
+        if kind == "file.written":
+            self.files[data["path"]] = data["sha256"]
+            return
+        if event.step is None:
+            return
+        step = self.steps.setdefault(event.step, StepState())
+        if kind == "step.started":
+            self.steps[event.step] = StepState(status=RUNNING, started=event.ts)
+        elif kind == "step.succeeded":
+            step.status = SUCCEEDED
+            step.output_sha256 = data.get("output_sha256")
+            step.duration_s = data.get("duration_s")
+            step.cached = bool(data.get("cached"))
+            step.attempts = data.get("attempts", step.attempts)
+        elif kind == "step.failed":
+            step.status = FAILED
+            step.reason = data.get("message")
+            step.attempts = data.get("attempts", step.attempts)
+            step.duration_s = data.get("duration_s")
+        elif kind == "step.skipped":
+            if data.get("reason") == "resumed":
+                # Still completed: the output recorded earlier is what dependents get.
+                step.status, step.resumed = SUCCEEDED, True
+            else:
+                step.status, step.reason = SKIPPED, data.get("reason")
+        elif kind == "llm.request":
+            step.attempts = max(step.attempts, int(data.get("attempt", 0)))
+        elif kind == "llm.response":
+            step._add_tokens(data)
+        elif kind == "cache.hit":
+            step.cached = True
+
+    def _job_started(self, event: Event, data: dict[str, Any]) -> None:
+        self.runs += 1
+        self.job_id = event.job_id
+        self.pipeline = data.get("pipeline", self.pipeline)
+        self.pipeline_sha256 = data.get("pipeline_sha256", self.pipeline_sha256)
+        self.inputs = dict(data.get("inputs", self.inputs))
+        self.runner_version = data.get("runner_version", self.runner_version)
+        self.status = RUNNING
+        self.started = self.started or event.ts
+        self.finished = None
+        same_host = data.get("host") == socket.gethostname()
+        self.pid = data.get("pid") if same_host else None
+        for name in data.get("steps", ()):
+            self.steps.setdefault(name, StepState())
+        for step in self.steps.values():
+            step.resumed = False
+            if step.status == RUNNING:  # interrupted by a crash: it will run again
+                step.status = CANCELLED
+
+    # -- views ----------------------------------------------------------------
+
+    @property
+    def completed_steps(self) -> list[str]:
+        return sorted(name for name, step in self.steps.items() if step.status == SUCCEEDED)
+
+    def manifest(self) -> dict[str, Any]:
+        """The `manifest.json` document: no wall-clock fields, so reruns are byte-identical."""
+        completed = self.completed_steps
+        return {
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "job_id": self.job_id,
+            "pipeline": self.pipeline,
+            "pipeline_sha256": self.pipeline_sha256,
+            "inputs": self.inputs,
+            "status": self.status,
+            "steps": {
+                name: {
+                    "status": step.status,
+                    "attempts": step.attempts,
+                    "output_sha256": step.output_sha256,
+                }
+                for name, step in self.steps.items()
+            },
+            "completed_steps": completed,
+            "pending_steps": sorted(set(self.steps) - set(completed)),
+            "files": self.files,
+            "runner_version": self.runner_version,
+        }
+
+    def manifest_bytes(self) -> bytes:
+        return (
+            json.dumps(self.manifest(), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+        ).encode()
+
+    def display_status(self) -> str:
+        """The job's status word; an unfinished job whose process is gone reads `interrupted`."""
+        if self.status == RUNNING and self.pid is not None and not _pid_alive(self.pid):
+            return "interrupted"
+        return self.status
+
+    def step_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for step in self.steps.values():
+            counts[step.status] = counts.get(step.status, 0) + 1
+        return counts
+
+
+def fold_events(events: Iterable[Event]) -> JobState:
+    state = JobState()
+    for event in events:
+        state.apply(event)
+    return state
+
+
+def fold_log(events_path: str | os.PathLike[str]) -> JobState:
+    """Stream a log into a `JobState` (torn lines skipped)."""
+    return fold_events(read_events(events_path))
+
+
+def age(ts: str | None, now: _dt.datetime | None = None) -> str:
+    """`3m`, `2h`, `5d`: how long ago `ts` was, for `runner list`."""
+    if not ts:
+        return "-"
+    now = now or _dt.datetime.now(_dt.UTC)
+    seconds = max(0.0, (now - _dt.datetime.fromisoformat(ts)).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def manifest_path(run_dir: Path) -> Path:
+    return run_dir / "manifest.json"

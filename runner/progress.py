@@ -1,0 +1,101 @@
+"""Live progress for `runner run`: a redrawn step table on a terminal, plain lines otherwise.
+
+Only the CLI uses this; it prints, so the library never does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+from .events import Event
+
+_SHOWN_PLAIN = ("job.", "step.", "llm.retry", "breaker.", "file.written")
+_ICONS = {
+    "pending": "·",
+    "running": "…",
+    "succeeded": "✓",
+    "failed": "✗",
+    "skipped": "-",
+    "cancelled": "!",
+}
+_REDRAW_S = 0.1
+
+
+class Progress:
+    def __init__(self, stream: TextIO, steps: Iterable[str]) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self.status = dict.fromkeys(steps, "pending")
+        self.notes: dict[str, str] = {}
+        self._drawn = 0
+        self._last_draw = 0.0
+
+    def begin(self, job_id: str, run_dir: Path, *, resumed: set[str], changed: set[str]) -> None:
+        self._print(f"job {job_id} -> {run_dir}")
+        if changed:
+            self._print(
+                f"pipeline changed since the job started: re-running {', '.join(sorted(changed))}"
+            )
+        if resumed:
+            self._print(f"resuming: {len(resumed)} completed step(s) will not run again")
+
+    def show(self, event: Event) -> None:
+        if event.step and event.type.startswith("step."):
+            data = event.data or {}
+            self.status[event.step] = {
+                "step.started": "running",
+                "step.succeeded": "succeeded",
+                "step.failed": "failed",
+                "step.skipped": "succeeded" if data.get("reason") == "resumed" else "skipped",
+            }[event.type]
+            note = (
+                data.get("message")
+                or data.get("reason")
+                or ("cached" if data.get("cached") else "")
+            )
+            self.notes[event.step] = str(note)[:60]
+        if self.live:
+            now = time.monotonic()
+            if now - self._last_draw >= _REDRAW_S or event.type == "job.finished":
+                self._draw()
+                self._last_draw = now
+        elif event.type.startswith(_SHOWN_PLAIN) and event.type != "job.started":
+            self._print(format_event(event))
+
+    def end(self, status: str) -> None:
+        if self.live:
+            self._draw()
+        self._print(f"job {status}")
+
+    def _draw(self) -> None:
+        lines = [
+            f" {_ICONS[state]} {name:<24} {state:<10} {self.notes.get(name, '')}".rstrip()
+            for name, state in self.status.items()
+        ]
+        # Move up over the previous table and rewrite it in place.
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+        self.stream.flush()
+        self._drawn = len(lines)
+
+    def _print(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+        self._drawn = 0
+
+
+def format_event(event: Event) -> str:
+    """One readable line for an event."""
+    data = event.data or {}
+    detail = " ".join(f"{k}={_short(v)}" for k, v in data.items())
+    where = f" [{event.step}]" if event.step else ""
+    return f"{event.ts[11:23]} {event.level:<5} {event.type}{where} {detail}".rstrip()
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 80 else text[:77] + "..."

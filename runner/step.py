@@ -1,0 +1,215 @@
+"""One step task: wait for inputs -> render -> cache -> provider -> files -> hand output on.
+
+A step receives one `Handoff` from each upstream over its inbox channel and
+sends one to each dependent. It never raises for a step failure: the
+failure becomes a `step.failed` event and a failed handoff, so independent
+branches keep running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from .cache import CorruptCacheEntry, compute_cache_key
+from .errors import ProviderError, RunnerError
+from .fences import parse_file_blocks
+from .filestore import WriteResult, check_relpath
+from .pipeline import Step, render
+from .providers.base import LLMRequest
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+__all__ = ["Handoff", "StepContext", "run_step"]
+
+
+@attrs.frozen
+class Handoff:
+    """What a step tells each dependent when it ends: its name and whether it succeeded."""
+
+    step: str
+    ok: bool
+    output: str = ""
+
+
+@attrs.frozen
+class StepContext:
+    """What a Python step (`Step(fn=...)`) receives.
+
+    `outputs` holds the output of every step upstream of this one.
+    `write_file()` writes under the job's `files/` like an LLM step's fenced blocks.
+    """
+
+    name: str
+    job_id: str
+    inputs: Mapping[str, str]
+    outputs: Mapping[str, str]
+    run_dir: Path
+    _supervisor: Supervisor = attrs.field(alias="supervisor", repr=False)
+
+    @property
+    def files_dir(self) -> Path:
+        return self.run_dir / "files"
+
+    async def write_file(self, relpath: str, data: bytes | str) -> WriteResult:
+        return await self._supervisor.write_file(self.name, relpath, data)
+
+
+class _StepFailed(Exception):
+    def __init__(self, error: str, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.error, self.message, self.attempts = error, message, attempts
+
+
+async def run_step(
+    sup: Supervisor,
+    step: Step,
+    inbox: trio.MemoryReceiveChannel[Handoff],
+    dependents: list[trio.MemorySendChannel[Handoff]],
+) -> None:
+    """The task body of one step (the supervisor starts one per step)."""
+    async with inbox:
+        failed_upstream = []
+        for _ in step.needs:
+            try:
+                handoff = await inbox.receive()
+            except trio.EndOfChannel:
+                return  # an upstream was cancelled: so are we
+            if handoff.ok:
+                sup.outputs[handoff.step] = handoff.output
+            else:
+                failed_upstream.append(handoff.step)
+    name = step.name
+    if failed_upstream:
+        await sup.emitter.step_skipped(name, "upstream_failed", upstream=sorted(failed_upstream))
+        await _hand_on(dependents, Handoff(name, ok=False))
+        return
+    if name in sup.completed:
+        output = sup.stored_output(name)
+        await sup.emitter.step_skipped(name, "resumed", output_sha256=_sha256(output))
+        sup.outputs[name] = output
+        await _hand_on(dependents, Handoff(name, ok=True, output=output))
+        return
+    async with sup.step_limiter:
+        await sup.emitter.step_started(name)
+        started = trio.current_time()
+        try:
+            output, attempts, cached = await _execute(sup, sup.pipeline.resolved(step))
+            output_sha256 = (await sup.write_output(name, output))["sha256"]
+        except _StepFailed as failure:
+            await sup.emitter.step_failed(
+                name, error=failure.error, message=failure.message, attempts=failure.attempts
+            )
+            sup.step_failed(name)
+            await _hand_on(dependents, Handoff(name, ok=False))
+            return
+        sup.outputs[name] = output
+        await sup.emitter.step_succeeded(
+            name,
+            duration_s=round(trio.current_time() - started, 6),
+            output_sha256=output_sha256,
+            cached=cached,
+            attempts=attempts,
+        )
+    await _hand_on(dependents, Handoff(name, ok=True, output=output))
+
+
+async def _hand_on(dependents: list[trio.MemorySendChannel[Handoff]], handoff: Handoff) -> None:
+    for send_channel in dependents:
+        async with send_channel:
+            await send_channel.send(handoff)
+
+
+async def _execute(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
+    """Run the step's work; returns (output, attempts, cached). Failures become `_StepFailed`."""
+    attempts = 0
+    try:
+        if step.fn is not None:
+            context = StepContext(
+                name=step.name,
+                job_id=sup.job_id,
+                inputs=sup.inputs,
+                outputs=sup.upstream_outputs(step.name),
+                run_dir=sup.run_dir,
+                supervisor=sup,
+            )
+            output = await step.fn(context)
+            if not isinstance(output, str):
+                raise TypeError(f"step function returned {type(output).__name__}, expected str")
+            return output, 0, False
+        output, attempts, cached = await _call_llm(sup, step)
+        if step.files:
+            await _write_file_blocks(sup, step.name, output)
+        return output, attempts, cached
+    except ProviderError as exc:
+        raise _StepFailed(type(exc).__name__, str(exc), exc.attempts or attempts) from None
+    except RunnerError as exc:
+        raise _StepFailed(type(exc).__name__, str(exc), attempts) from None
+    except Exception as exc:
+        # A user's step function raised: a step failure, not a crash of the job.
+        raise _StepFailed(type(exc).__name__, str(exc) or type(exc).__name__, attempts) from None
+
+
+async def _call_llm(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
+    assert step.prompt is not None
+    assert step.provider is not None
+    assert step.model is not None
+    outputs = sup.outputs
+    provider_name = step.provider
+    request = LLMRequest(
+        model=step.model,
+        prompt=render(step.prompt, sup.inputs, outputs),
+        system=render(step.system, sup.inputs, outputs) if step.system else None,
+        temperature=float(step.temperature if step.temperature is not None else 0.0),
+        max_tokens=step.max_tokens or 2048,
+        stop=step.stop or (),
+        seed=step.seed,
+        options=dict(step.options or {}),
+        stream=bool(sup.pipeline.providers.get(provider_name, {}).get("stream", False)),
+        step=step.name,
+    )
+    provider = sup.provider(provider_name)
+    cache = sup.cache
+    key = None
+    if cache is not None:
+        key = compute_cache_key(
+            provider=provider_name,
+            base_url=provider.base_url,
+            step=step.name,
+            request=request,
+            pipeline_version=sup.pipeline.version,
+            runner_version=sup.runner_version,
+        )
+        try:
+            hit = cache.get(key)
+        except CorruptCacheEntry as exc:
+            await sup.emitter.cache_miss(step.name, key, reason=str(exc))
+        else:
+            if hit is not None:
+                await sup.emitter.cache_hit(step.name, key)
+                return hit.text, 0, True
+            await sup.emitter.cache_miss(step.name, key)
+    response, attempts = await sup.call(provider, request, step)
+    if cache is not None and key is not None:
+        cache.put(key, response)
+    return response.text, attempts, False
+
+
+async def _write_file_blocks(sup: Supervisor, step: str, output: str) -> None:
+    blocks = parse_file_blocks(output)
+    files_dir = sup.run_dir / "files"
+    # Check every path before writing any: a refused path must not leave half the files.
+    for block in blocks:
+        check_relpath(files_dir, block.path)
+    for block in blocks:
+        await sup.write_file(step, block.path, block.content)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
