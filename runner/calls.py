@@ -1,0 +1,166 @@
+"""The attempt loop around one LLM call: breaker, deadline, events, retries.
+
+A provider's `complete()` makes exactly one attempt. `call_with_retries`
+turns that into a reliable call, as DESIGN.md section 6 describes: each
+attempt asks the provider's circuit breaker, runs under a hard deadline, is
+logged as an `llm.request` / `llm.response` pair, and transient failures are
+retried with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import AbstractAsyncContextManager, nullcontext
+
+import trio
+
+from .circuit_breaker import CircuitBreaker
+from .errors import (
+    CircuitOpenError,
+    ProviderError,
+    ProviderTimeoutError,
+    RetryableProviderError,
+)
+from .events import EventEmitter
+from .providers.base import LLMRequest, LLMResponse, Provider
+from .retry import RetryPolicy
+
+__all__ = ["call_with_retries"]
+
+
+async def call_with_retries(
+    provider: Provider,
+    request: LLMRequest,
+    *,
+    step: str,
+    emitter: EventEmitter,
+    breaker: CircuitBreaker,
+    policy: RetryPolicy,
+    timeout_s: float,
+    limiter: trio.CapacityLimiter | None = None,
+) -> tuple[LLMResponse, int]:
+    """Call `provider` until it answers, fails permanently, or the retry budget runs out.
+
+    Makes at most ``1 + policy.max_retries`` attempts and returns the
+    response with the number of attempts used. Each attempt runs inside
+    `trio.fail_after(timeout_s)` (a deadline on the whole call, connect to
+    last byte) and, when given, holds a slot of `limiter` (the provider's
+    ``max_concurrency``) while it is in flight, but not while sleeping.
+    An attempt refused by the open breaker counts too: it waits out the
+    cooldown instead of sending.
+
+    Raises the last `ProviderError`, with `attempts` set; a timeout is a
+    `ProviderTimeoutError` whose message says "timed out". Cancellation
+    propagates untouched. Example::
+
+        response, attempts = await call_with_retries(
+            provider, request, step="builder", emitter=emitter, breaker=breaker,
+            policy=RetryPolicy.from_settings(settings), timeout_s=settings.provider_timeout_s,
+        )
+    """
+    last_attempt = 1 + policy.max_retries
+    for attempt in range(1, last_attempt + 1):
+        try:
+            response = await _attempt_once(
+                provider, request, step, emitter, breaker, timeout_s, limiter, attempt
+            )
+        except CircuitOpenError as exc:
+            if attempt == last_attempt:
+                exc.attempts = attempt
+                raise
+            delay, reason = exc.retry_after or breaker.remaining_cooldown(), exc.reason
+        except RetryableProviderError as exc:
+            if attempt == last_attempt:
+                exc.attempts = attempt
+                raise
+            delay, reason = policy.delay(attempt, retry_after=exc.retry_after), exc.reason
+        except ProviderError as exc:
+            # Permanent: another attempt would fail the same way.
+            exc.attempts = attempt
+            raise
+        else:
+            return response, attempt
+        await emitter.llm_retry(step, attempt=attempt, delay_s=delay, reason=reason)
+        await trio.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _attempt_once(
+    provider: Provider,
+    request: LLMRequest,
+    step: str,
+    emitter: EventEmitter,
+    breaker: CircuitBreaker,
+    timeout_s: float,
+    limiter: trio.CapacityLimiter | None,
+    attempt: int,
+) -> LLMResponse:
+    # The breaker goes outside the limiter: a caller waiting for a half-open
+    # probe must not hold a slot the probe itself may need.
+    slot: AbstractAsyncContextManager[object] = limiter if limiter is not None else nullcontext()
+    async with breaker.attempt(), slot:
+        # Only what identifies the call: never headers, keys or the prompt itself.
+        common = {"provider": provider.name, "model": request.model, "attempt": attempt}
+        await emitter.llm_request(
+            step,
+            **common,
+            prompt_sha256=_prompt_sha256(request),
+            prompt_chars=_prompt_chars(request),
+        )
+        start = trio.current_time()
+        try:
+            response = await _complete_within(provider, request, timeout_s)
+        except Exception as exc:
+            await _log_response(emitter, step, common, start, status=_failure_status(exc))
+            raise
+        status = response.status if response.status is not None else "ok"
+        await _log_response(emitter, step, common, start, status=status, response=response)
+        return response
+
+
+async def _complete_within(
+    provider: Provider, request: LLMRequest, timeout_s: float
+) -> LLMResponse:
+    try:
+        with trio.fail_after(timeout_s):
+            return await provider.complete(request)
+    except trio.TooSlowError as exc:
+        # Raised inside the breaker's scope, so a timeout counts as a breaker failure.
+        raise ProviderTimeoutError(
+            f"{provider.name} timed out after {timeout_s:g}s", provider=provider.name
+        ) from exc
+
+
+async def _log_response(
+    emitter: EventEmitter,
+    step: str,
+    common: dict[str, object],
+    start: float,
+    *,
+    status: int | str,
+    response: LLMResponse | None = None,
+) -> None:
+    await emitter.llm_response(
+        step,
+        status=status,
+        **common,
+        latency_s=round(trio.current_time() - start, 6),
+        input_tokens=response.input_tokens if response is not None else None,
+        output_tokens=response.output_tokens if response is not None else None,
+    )
+
+
+def _failure_status(exc: Exception) -> int | str:
+    if isinstance(exc, ProviderError):
+        return exc.status if exc.status is not None else exc.reason
+    # A provider bug, not a translated failure: still log the attempt, then let it surface.
+    return "error"
+
+
+def _prompt_sha256(request: LLMRequest) -> str:
+    text = (request.system or "") + "\n" + request.prompt
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _prompt_chars(request: LLMRequest) -> int:
+    return len(request.system or "") + len(request.prompt)
