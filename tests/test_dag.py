@@ -1,0 +1,261 @@
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+from helpers import events, fake_pipeline, kinds, of_type
+
+import runner
+from runner import JobError, Settings, Step, StepContext, open_job, run_dag
+
+FAST = Settings(fsync="never")  # no worker threads: autojump_clock stays exact
+
+
+async def test_chain_runs_in_order_and_hands_outputs_downstream(runs_dir: Path) -> None:
+    pipeline = fake_pipeline(
+        [
+            Step("a", prompt="alpha"),
+            Step("b", prompt="got {{ steps.a.output }}", needs=["a"]),
+            Step("c", prompt="{{ steps.a.output }}+{{ steps.b.output }}", needs=["b"]),
+        ]
+    )
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST)
+    assert "succeeded" == result.status
+    assert {"a": "alpha", "b": "got alpha", "c": "alpha+got alpha"} == dict(result.outputs)
+    assert "alpha+got alpha" == (result.run_dir / "outputs" / "c.txt").read_text()
+    started = [step for kind, step in kinds(result.run_dir) if kind == "step.started"]
+    assert ["a", "b", "c"] == started
+
+
+async def test_a_wide_layer_runs_concurrently(
+    runs_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    steps = [Step(f"w{i}", prompt=str(i)) for i in range(20)]
+    steps.append(Step("join", prompt="done", needs=[s.name for s in steps]))
+    pipeline = fake_pipeline(steps, latency_s=10.0)
+    start = trio.current_time()
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST)
+    elapsed = trio.current_time() - start
+    assert "succeeded" == result.status
+    # Twenty 10 s calls side by side, then the join: two latencies, not twenty-one.
+    assert 20.0 <= elapsed < 21.0
+
+
+async def test_concurrency_caps_steps_in_flight(
+    runs_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    pipeline = fake_pipeline([Step(f"w{i}", prompt=str(i)) for i in range(6)], latency_s=10.0)
+    start = trio.current_time()
+    await run_dag(pipeline, runs_dir=runs_dir, settings=FAST, concurrency=2)
+    assert 30.0 <= trio.current_time() - start < 31.0
+
+
+async def test_failure_skips_dependents_and_independent_branches_finish(runs_dir: Path) -> None:
+    pipeline = fake_pipeline(
+        [
+            Step("a", prompt="a"),
+            Step("bad", prompt="b", needs=["a"]),
+            Step("after_bad", prompt="c", needs=["bad"]),
+            Step("last", prompt="d", needs=["after_bad"]),
+            Step("other", prompt="e", needs=["a"]),
+        ],
+        errors={"bad": "model refused"},
+    )
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST)
+    assert "failed" == result.status
+    assert {"a", "other"} == set(result.outputs)
+    failed = of_type(result.run_dir, "step.failed")
+    assert [("bad", "ERROR")] == [(e.step, e.level) for e in failed]
+    assert "model refused" in failed[0].data["message"]
+    skipped = {e.step: e.data["reason"] for e in of_type(result.run_dir, "step.skipped")}
+    assert {"after_bad": "upstream_failed", "last": "upstream_failed"} == skipped
+    # A skipped step never started.
+    started = {e.step for e in of_type(result.run_dir, "step.started")}
+    assert {"a", "bad", "other"} == started
+    finished = of_type(result.run_dir, "job.finished")[-1]
+    assert ("ERROR", "failed") == (finished.level, finished.data["status"])
+
+
+async def test_fail_fast_cancels_the_rest(
+    runs_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def slow(ctx: StepContext) -> str:
+        await trio.sleep(100)
+        return "too late"
+
+    pipeline = fake_pipeline([Step("bad", prompt="b"), Step("slow", fn=slow)], errors={"bad": "no"})
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST, fail_fast=True)
+    assert "failed" == result.status
+    assert [] == of_type(result.run_dir, "step.succeeded")
+    finished = of_type(result.run_dir, "job.finished")[-1]
+    assert {"failed": 1, "cancelled": 1} == finished.data["steps"]
+
+
+async def test_python_step_gets_inputs_and_upstream_outputs_and_writes_files(
+    runs_dir: Path,
+) -> None:
+    seen: dict[str, object] = {}
+
+    async def summarise(ctx: StepContext) -> str:
+        seen.update(inputs=dict(ctx.inputs), outputs=dict(ctx.outputs))
+        await ctx.write_file("notes/summary.md", "# " + ctx.outputs["a"])
+        return "summary of " + ctx.outputs["b"]
+
+    pipeline = fake_pipeline(
+        [
+            Step("a", prompt="{{ inputs.topic }}"),
+            Step("b", prompt="b", needs=["a"]),
+            Step("sum", fn=summarise, needs=["b"]),
+        ],
+        inputs={"topic": runner.InputSpec(default="trio")},
+    )
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST)
+    assert "summary of b" == result.outputs["sum"]
+    assert {"inputs": {"topic": "trio"}, "outputs": {"a": "trio", "b": "b"}} == seen
+    assert "# trio" == (result.run_dir / "files" / "notes" / "summary.md").read_text()
+    written = of_type(result.run_dir, "file.written")
+    assert [("sum", "notes/summary.md")] == [(e.step, e.data["path"]) for e in written]
+
+
+async def test_python_step_that_raises_fails_the_step_not_the_job(runs_dir: Path) -> None:
+    async def broken(ctx: StepContext) -> str:
+        raise ValueError("bad data in row 3")
+
+    pipeline = fake_pipeline([Step("x", fn=broken), Step("y", prompt="y")])
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST)
+    failed = of_type(result.run_dir, "step.failed")[0]
+    assert ("x", "ValueError", "bad data in row 3") == (
+        failed.step,
+        failed.data["error"],
+        failed.data["message"],
+    )
+    assert {"y": "y"} == dict(result.outputs)
+
+
+async def test_a_file_path_that_escapes_fails_the_step_and_writes_nothing(
+    runs_dir: Path, tmp_path: Path
+) -> None:
+    reply = "```python path=ok.py\nok\n```\n```python path=../../evil.py\nevil\n```\n"
+    pipeline = fake_pipeline([Step("builder", prompt="p", files=True)], replies={"builder": reply})
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST)
+    assert "failed" == result.status
+    failed = of_type(result.run_dir, "step.failed")[0]
+    assert ("ERROR", "PathEscapeError") == (failed.level, failed.data["error"])
+    assert "../../evil.py" in failed.data["message"]
+    # Checked before writing: not even the good file was written, and nothing outside.
+    assert [] == list((result.run_dir / "files").rglob("*"))
+    assert not (runs_dir / "evil.py").exists()
+    assert not (tmp_path / "evil.py").exists()
+
+
+async def test_llm_events_pair_up_and_carry_the_step(runs_dir: Path) -> None:
+    pipeline = fake_pipeline([Step("a", prompt="hello", system="be brief")])
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST)
+    all_events = events(result.run_dir)
+    request, response = (
+        of_type(result.run_dir, "llm.request")[0],
+        of_type(result.run_dir, "llm.response")[0],
+    )
+    assert (1, 1) == (request.data["attempt"], response.data["attempt"])
+    assert {"provider": "fake", "model": "echo"} == {
+        k: request.data[k] for k in ("provider", "model")
+    }
+    assert len("hello") + len("be brief") == request.data["prompt_chars"]
+    assert isinstance(response.data["output_tokens"], int)
+    assert all(
+        e.step == "a"
+        for e in all_events
+        if e.type.split(".")[0] in ("step", "llm", "cache", "file")
+    )
+
+
+async def test_job_started_and_finished_frame_the_log(runs_dir: Path) -> None:
+    pipeline = fake_pipeline([Step("a", prompt="x")])
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST, inputs={})
+    log = events(result.run_dir)
+    assert ("job.started", "job.finished") == (log[0].type, log[-1].type)
+    assert {"pipeline", "pipeline_sha256", "inputs", "resume", "runner_version"} <= set(log[0].data)
+    assert {"status", "duration_s", "steps"} <= set(log[-1].data)
+    assert runner.__version__ == log[0].data["runner_version"]
+
+
+async def test_existing_job_id_is_refused_without_resume(runs_dir: Path) -> None:
+    pipeline = fake_pipeline([Step("a", prompt="x")])
+    await run_dag(pipeline, runs_dir=runs_dir, job_id="same", settings=FAST)
+    with pytest.raises(
+        JobError, match=r"^job 'same' already exists in .* \(use --resume to continue it\)$"
+    ):
+        await run_dag(pipeline, runs_dir=runs_dir, job_id="same", settings=FAST)
+
+
+async def test_resume_of_an_unknown_job_is_refused(runs_dir: Path) -> None:
+    pipeline = fake_pipeline([Step("a", prompt="x")])
+    with pytest.raises(JobError, match=r"^job 'nope' not found in "):
+        await run_dag(pipeline, runs_dir=runs_dir, job_id="nope", resume=True, settings=FAST)
+
+
+async def test_open_job_streams_live_events(runs_dir: Path) -> None:
+    pipeline = fake_pipeline([Step("a", prompt="x"), Step("b", prompt="y", needs=["a"])])
+    async with open_job(pipeline, runs_dir=runs_dir, settings=FAST) as job:
+        seen = [(e.type, e.step) async for e in job.events()]
+    assert kinds(job.run_dir) == seen
+    assert job.result is not None
+    assert "succeeded" == job.result.status
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def test_cancellation_from_the_caller_is_recorded_and_leaves_nothing_behind(
+    runs_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    pipeline = fake_pipeline(
+        [Step("a", prompt="a"), Step("b", prompt="b", needs=["a"]), Step("c", prompt="c")],
+        latency_s=40.0,
+    )
+    fds_before, threads_before = _open_fds(), threading.active_count()
+    with trio.move_on_after(60) as scope:  # a and c done at 40 s, b mid-call
+        await run_dag(pipeline, runs_dir=runs_dir, job_id="cancelled", settings=FAST)
+    assert scope.cancelled_caught
+    run_dir = runs_dir / "cancelled"
+    log = events(run_dir)
+    assert ("job.finished", "cancelled") == (log[-1].type, log[-1].data["status"])
+    assert "WARN" == log[-1].level
+    succeeded = {e.step for e in log if e.type == "step.succeeded"}
+    assert {"a", "c"} == succeeded
+    assert b"\n" == (run_dir / "events.jsonl").read_bytes()[-1:]
+    manifest = (run_dir / "manifest.json").read_text()
+    assert '"status": "cancelled"' in manifest
+    assert fds_before == _open_fds()
+    assert threads_before >= threading.active_count() - 1  # an idle trio worker may linger
+
+
+async def test_cancellation_with_the_real_clock_and_fsync(runs_dir: Path) -> None:
+    # The default fsync policy uses worker threads; cancel while a step is mid-call.
+    pipeline = fake_pipeline([Step("a", prompt="a")], latency_s=30.0)
+    with trio.CancelScope() as scope:
+        async with open_job(pipeline, runs_dir=runs_dir, job_id="c2") as job:
+            async for event in job.events():
+                if event.type == "llm.request":
+                    scope.cancel()
+    log = events(runs_dir / "c2")
+    assert ("job.finished", "cancelled") == (log[-1].type, log[-1].data["status"])
+    assert job.result is not None
+    assert "cancelled" == job.result.status
+
+
+async def test_run_dag_inside_a_callers_nursery(runs_dir: Path) -> None:
+    pipeline = fake_pipeline([Step("a", prompt="x")])
+    results = []
+
+    async def one(job_id: str) -> None:
+        results.append(await run_dag(pipeline, runs_dir=runs_dir, job_id=job_id, settings=FAST))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(one, f"j{i}")
+    assert ["succeeded"] * 3 == [r.status for r in results]

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from runner import Event, EventEmitter, PathEscapeError, StorageError, run_dag, safe_write
+from runner.filestore import DirtyDirs, leftover_temp_files, sha256_bytes
+from runner.pipeline import load_pipeline
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "app_builder.toml"
+
+
+async def test_safe_write_creates_then_reports_nochange(tmp_path: Path) -> None:
+    first = await safe_write(tmp_path, "src/app.py", "print(1)\n")
+    assert {
+        "path": "src/app.py",
+        "sha256": sha256_bytes(b"print(1)\n"),
+        "wrote": True,
+        "reason": "created",
+    } == first
+    assert b"print(1)\n" == (tmp_path / "src" / "app.py").read_bytes()
+
+
+async def test_safe_write_nochange_reason(tmp_path: Path) -> None:
+    await safe_write(tmp_path, "a.txt", b"same")
+    target = tmp_path / "a.txt"
+    os.utime(target, (1_000_000, 1_000_000))
+    before = target.stat()
+    result = await safe_write(tmp_path, "a.txt", b"same")
+    after = target.stat()
+    assert (False, "nochange") == (result["wrote"], result["reason"])
+    # Not touched at all: same inode, same mtime.
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+
+
+async def test_safe_write_rewrites_a_file_edited_by_hand_as_updated(tmp_path: Path) -> None:
+    await safe_write(tmp_path, "a.txt", b"v1")
+    (tmp_path / "a.txt").write_bytes(b"edited")
+    result = await safe_write(tmp_path, "a.txt", b"v1")
+    assert (True, "updated") == (result["wrote"], result["reason"])
+    assert b"v1" == (tmp_path / "a.txt").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("relpath", "why"),
+    [
+        ("/etc/passwd", "absolute"),
+        ("../outside.txt", r"'\.\.'"),
+        ("a/../../outside.txt", r"'\.\.'"),
+        ("a\0b", "NUL"),
+        ("C:/windows/x", "absolute"),
+        ("..\\outside.txt", r"'\.\.'"),
+        ("", "empty"),
+        (".", "names no file"),
+    ],
+)
+async def test_safe_write_refuses_paths_that_escape(tmp_path: Path, relpath: str, why: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(PathEscapeError, match=rf"^refused path .*{why}"):
+        await safe_write(root, relpath, b"x")
+    assert [] == [p for p in tmp_path.rglob("*") if p != root]
+
+
+@pytest.mark.parametrize("link", ["dir", "file"])
+async def test_safe_write_refuses_symlinks_leading_out(tmp_path: Path, link: str) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    if link == "dir":
+        (root / "sub").symlink_to(outside, target_is_directory=True)
+        relpath = "sub/x.txt"
+    else:
+        (outside / "x.txt").write_text("keep")
+        (root / "x.txt").symlink_to(outside / "x.txt")
+        relpath = "x.txt"
+    with pytest.raises(PathEscapeError, match=r"^refused path .*symlink"):
+        await safe_write(root, relpath, b"evil")
+    assert [] == [p.name for p in outside.iterdir() if p.read_text() != "keep"]
+
+
+async def test_safe_write_leaves_no_temp_file_when_the_write_fails(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").mkdir()  # a directory where the file should go
+    with pytest.raises(StorageError, match=r"^cannot write 'a.txt'"):
+        await safe_write(tmp_path, "a.txt", b"x")
+    assert [] == leftover_temp_files([tmp_path])
+
+
+async def test_safe_write_emits_file_written(tmp_path: Path) -> None:
+    send_channel, receive_channel = trio.open_memory_channel[Event](10)
+    emitter = EventEmitter("job-1", send_channel)
+    result = await safe_write(tmp_path, "x.txt", b"x", emitter=emitter, step="builder")
+    event = receive_channel.receive_nowait()
+    assert ("file.written", "builder", dict(result)) == (
+        event.type,
+        event.step,
+        dict(event.data or {}),
+    )
+
+
+@pytest.mark.parametrize("policy", ["always", "batch", "never"])
+async def test_every_fsync_policy_writes_the_same_bytes(tmp_path: Path, policy: str) -> None:
+    dirty = DirtyDirs()
+    result = await safe_write(tmp_path, "d/x.txt", b"data", fsync=policy, dirty=dirty)
+    assert b"data" == (tmp_path / "d" / "x.txt").read_bytes()
+    assert "created" == result["reason"]
+    # batch defers the directory fsync to the writer; the others leave nothing pending.
+    assert (policy == "batch") == bool(dirty._dirs)
+    dirty.sync()
+    assert not dirty._dirs
+
+
+async def test_idempotency_preserves_manifest_hash(runs_dir: Path) -> None:
+    pipeline = load_pipeline(EXAMPLE)
+    first = await run_dag(pipeline, runs_dir=runs_dir, job_id="j1")
+    manifest = first.run_dir / "manifest.json"
+    before = manifest.read_bytes()
+    files_before = {
+        p: p.stat().st_mtime_ns for p in (first.run_dir / "files").rglob("*") if p.is_file()
+    }
+    again = await run_dag(pipeline, runs_dir=runs_dir, job_id="j1", resume=True)
+    assert "succeeded" == again.status
+    assert before == manifest.read_bytes()
+    files_after = {
+        p: p.stat().st_mtime_ns for p in (first.run_dir / "files").rglob("*") if p.is_file()
+    }
+    assert files_before == files_after
+
+
+async def test_rerunning_a_step_rewrites_nothing_and_keeps_the_manifest(runs_dir: Path) -> None:
+    pipeline = load_pipeline(EXAMPLE)
+    first = await run_dag(pipeline, runs_dir=runs_dir, job_id="j1")
+    before = (first.run_dir / "manifest.json").read_bytes()
+    (first.run_dir / "outputs" / "builder.txt").unlink()  # builder must run again
+    # No cache: the provider really answers again, with the same bytes.
+    again = await run_dag(pipeline, runs_dir=runs_dir, job_id="j1", resume=True, use_cache=False)
+    assert "succeeded" == again.status
+    last_run = [e for e in _events(first.run_dir)][-9:]
+    reasons = {e.data["path"]: e.data["reason"] for e in last_run if e.type == "file.written"}
+    assert {"nochange"} == set(reasons.values())
+    assert before == (first.run_dir / "manifest.json").read_bytes()
+
+
+def _events(run_dir: Path) -> list[Event]:
+    from runner import read_events
+
+    return list(read_events(run_dir / "events.jsonl"))
