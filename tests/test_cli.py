@@ -254,7 +254,10 @@ def test_tail_follow_never_prints_half_a_line(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "j"
     run_dir.mkdir(parents=True)
     log = run_dir / "events.jsonl"
-    first = '{"ts":"2026-11-24T05:23:34.000001+00:00","level":"INFO","job_id":"j","type":"job.started"}\n'
+    first = (
+        '{"ts":"2026-11-24T05:23:34.000001+00:00","level":"INFO","job_id":"j",'
+        '"type":"job.started"}\n'
+    )
     last = (
         '{"ts":"2026-11-24T05:23:35.000001+00:00","level":"INFO","job_id":"j","type":"job.finished",'
         '"data":{"status":"succeeded"}}\n'
