@@ -1,0 +1,113 @@
+"""OpenAI chat completions, and every server that speaks the same API.
+
+`OPENAI_BASE_URL` includes `/v1`, like the official SDK, so vLLM, the
+llama.cpp server, LM Studio or a LiteLLM proxy work by pointing it there::
+
+    OPENAI_BASE_URL=http://localhost:8080/v1 runner run pipeline.toml
+
+The key (`OPENAI_API_KEY`) is sent only when set: local servers need none.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from ..config import Settings
+from ._http import Draft, HTTPProvider, SSEEvent, sse_lines, tokens
+from .base import LLMRequest
+
+__all__ = ["OpenAIProvider"]
+
+
+class OpenAIProvider(HTTPProvider):
+    """Calls `POST {OPENAI_BASE_URL}/chat/completions`, plain or streamed (SSE).
+
+    `config` is the pipeline's `[providers.openai]` table; nothing in it
+    concerns the wire (`max_concurrency` is the supervisor's business).
+    """
+
+    name = "openai"
+    request_id_header = "x-request-id"
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: Mapping[str, Any] | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            settings.openai_base_url,
+            settings=settings,
+            api_key=settings.openai_api_key,
+            transport=transport,
+        )
+
+    def _url(self) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    def _headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def _body(self, request: LLMRequest) -> dict[str, Any]:
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages.append({"role": "user", "content": request.prompt})
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            # Omitted, the server would use 1.0, not our default of 0.
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+        }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        body.update(request.options)
+        if "max_completion_tokens" in request.options:
+            # Newer models reject a request that carries both.
+            del body["max_tokens"]
+        # Set last: the reply is parsed as a stream or not according to request.stream,
+        # and the API rejects stream_options on a request that does not stream.
+        body.pop("stream_options", None)
+        body["stream"] = request.stream
+        if request.stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _parse(self, data: Any, draft: Draft) -> None:
+        choice = data["choices"][0]
+        draft.parts.append(choice["message"].get("content") or "")
+        draft.finish_reason = choice.get("finish_reason")
+        _read_common(data, draft)
+
+    def _line_handler(self, draft: Draft) -> Callable[[str], bool]:
+        def on_event(event: SSEEvent) -> bool:
+            if event.data.strip() == "[DONE]":
+                return True
+            chunk = json.loads(event.data)
+            if chunk.get("error"):
+                raise self._stream_error(chunk["error"])
+            for choice in chunk.get("choices") or ():
+                if choice.get("index", 0) != 0:
+                    continue
+                draft.parts.append((choice.get("delta") or {}).get("content") or "")
+                draft.finish_reason = choice.get("finish_reason") or draft.finish_reason
+            _read_common(chunk, draft)
+            return False
+
+        return sse_lines(on_event)
+
+
+def _read_common(data: Any, draft: Draft) -> None:
+    # In a stream, `usage` is null on every chunk but the last (include_usage).
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        draft.input_tokens = tokens(usage.get("prompt_tokens"))
+        draft.output_tokens = tokens(usage.get("completion_tokens"))
+    if isinstance(data.get("model"), str) and data["model"]:
+        draft.model = data["model"]

@@ -1,0 +1,208 @@
+"""The HTTP providers over real sockets, against runner.testing's fake LLM server.
+
+Deadlines here are real and short (fractions of a second); tests assert on
+what happened, never on how long it took. pytest turns warnings into errors,
+so a response or async generator left open by a cancelled call fails the test.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from runner.config import Settings
+from runner.errors import (
+    PermanentProviderError,
+    ProviderConnectionError,
+    ProviderTimeoutError,
+    RateLimitError,
+    RetryableProviderError,
+)
+from runner.providers import LLMRequest, create_provider
+from runner.providers._http import MalformedResponseError, ProviderStreamError
+from runner.testing import (
+    Drop,
+    Fail,
+    Hang,
+    Malformed,
+    Reply,
+    Stall,
+    StreamError,
+    open_fake_llm_server,
+)
+
+OPENAI_KEY = "sk-test-SECRET123"
+ANTHROPIC_KEY = "sk-ant-test-SECRET456"
+NAMES = ["openai", "anthropic", "ollama"]
+DEADLINE_S = 0.3
+
+
+@asynccontextmanager
+async def open_provider(name, *, provider_timeout_s=30.0):
+    async with open_fake_llm_server() as server:
+        settings = Settings(
+            provider_timeout_s=provider_timeout_s,
+            openai_api_key=OPENAI_KEY,
+            openai_base_url=server.openai_base_url,
+            anthropic_api_key=ANTHROPIC_KEY,
+            anthropic_base_url=server.anthropic_base_url,
+            ollama_host=server.ollama_host,
+        )
+        provider = create_provider(name, settings, {})
+        try:
+            yield provider, server
+        finally:
+            await provider.aclose()
+
+
+def request(stream=False, **kw):
+    return LLMRequest(model="m", prompt="say hi", system="be brief", stream=stream, **kw)
+
+
+def busy_connections(provider):
+    # httpcore's pool, reached through private attributes: the only way to see
+    # whether a cancelled call left its connection checked out.
+    pool = provider._client._transport._pool
+    return [c for c in pool.connections if not c.is_closed() and not c.is_idle()]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("name", NAMES)
+async def test_reply_over_a_real_socket(name, stream):
+    async with open_provider(name) as (provider, server):
+        server.script(Reply("hello there", input_tokens=7, output_tokens=2))
+        response = await provider.complete(request(stream, stop=("END",)))
+    assert ("hello there", 7, 2, 200) == (
+        response.text,
+        response.input_tokens,
+        response.output_tokens,
+        response.status,
+    )
+    [sent] = server.requests
+    assert (stream, "say hi") == (sent.stream, sent.prompt)
+    expected_keys = {"openai": [OPENAI_KEY], "anthropic": [ANTHROPIC_KEY], "ollama": []}[name]
+    assert expected_keys == [k for k in (OPENAI_KEY, ANTHROPIC_KEY) if k in str(sent.headers)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_unreported_usage_is_none_over_a_real_socket(name):
+    async with open_provider(name) as (provider, server):
+        server.script(Reply("hi", omit_usage=True))
+        response = await provider.complete(request())
+    assert None is response.input_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("name", NAMES)
+async def test_hang_is_cancelled_by_the_callers_deadline_and_frees_the_connection(name, stream):
+    async with open_provider(name) as (provider, server):
+        server.script(Hang(), Reply("after the hang"))
+        with pytest.raises(trio.TooSlowError), trio.fail_after(DEADLINE_S):
+            await provider.complete(request(stream))
+        assert [] == busy_connections(provider)
+        response = await provider.complete(request(stream))
+    assert "after the hang" == response.text
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_stall_mid_stream_is_caught_by_the_callers_deadline(name):
+    async with open_provider(name) as (provider, server):
+        server.script(Stall(after_chunks=1), Reply("after the stall"))
+        with pytest.raises(trio.TooSlowError), trio.fail_after(DEADLINE_S):
+            await provider.complete(request(stream=True))
+        assert [] == busy_connections(provider)
+        response = await provider.complete(request(stream=True))
+    assert "after the stall" == response.text
+
+
+@pytest.mark.parametrize("action", [Hang(), Stall()], ids=["hang", "stall"])
+async def test_silence_longer_than_the_provider_timeout_is_a_timeout_error(action):
+    async with open_provider("openai", provider_timeout_s=0.2) as (provider, server):
+        server.script(action)
+        with pytest.raises(ProviderTimeoutError, match=r"^openai: timed out \(ReadTimeout"):
+            await provider.complete(request(stream=True))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("name", NAMES)
+async def test_dropped_connection_is_a_connection_error(name, stream):
+    async with open_provider(name) as (provider, server):
+        server.script(Drop(after_bytes=20))
+        with pytest.raises(ProviderConnectionError, match=rf"^{name}: connection failed"):
+            await provider.complete(request(stream))
+
+
+async def test_refused_connection_is_a_connection_error():
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()  # nothing listens there any more
+    provider = create_provider("ollama", Settings(ollama_host=f"http://127.0.0.1:{port}"), {})
+    try:
+        with pytest.raises(ProviderConnectionError, match=r"^ollama: connection failed"):
+            await provider.complete(request())
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_error_event_mid_stream_is_retryable(name):
+    async with open_provider(name) as (provider, server):
+        server.script(StreamError(after_chunks=1), Reply("after the error"))
+        with pytest.raises(ProviderStreamError, match=rf"^{name}: error in stream: Overloaded"):
+            await provider.complete(request(stream=True))
+        response = await provider.complete(request(stream=True))
+    assert "after the error" == response.text
+
+
+@pytest.mark.parametrize(("name", "status"), [("openai", 500), ("anthropic", 529), ("ollama", 500)])
+async def test_stream_error_action_without_streaming_is_a_retryable_status(name, status):
+    async with open_provider(name) as (provider, server):
+        server.script(StreamError())
+        with pytest.raises(RetryableProviderError) as info:
+            await provider.complete(request())
+    assert (RetryableProviderError, status) == (type(info.value), info.value.status)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("name", NAMES)
+async def test_malformed_body_is_retryable(name, stream):
+    async with open_provider(name) as (provider, server):
+        server.script(Malformed())
+        with pytest.raises(MalformedResponseError, match=rf"^{name}: malformed response"):
+            await provider.complete(request(stream))
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_rate_limit_carries_retry_after(name):
+    async with open_provider(name) as (provider, server):
+        server.script(Fail(429, retry_after="1"), Fail(429, retry_after_ms="250", retry_after="9"))
+        delays = []
+        for _ in range(2):
+            with pytest.raises(RateLimitError) as info:
+                await provider.complete(request())
+            delays.append(info.value.retry_after)
+    assert [1.0, 0.25] == delays
+
+
+async def test_openai_quota_and_should_retry_header_are_permanent_over_a_real_socket():
+    async with open_provider("openai") as (provider, server):
+        server.script(
+            Fail(429, code="insufficient_quota"),
+            Fail(503, headers={"x-should-retry": "false"}),
+        )
+        for status in (429, 503):
+            with pytest.raises(PermanentProviderError) as info:
+                await provider.complete(request())
+            assert status == info.value.status
+
+
+@pytest.mark.parametrize(("name", "key"), [("openai", OPENAI_KEY), ("anthropic", ANTHROPIC_KEY)])
+async def test_authentication_error_keeps_the_message_and_never_the_key(name, key):
+    async with open_provider(name) as (provider, server):
+        server.script(Fail(401, message=f"invalid api key {key}"))
+        with pytest.raises(PermanentProviderError) as info:
+            await provider.complete(request())
+    assert f"{name}: 401 invalid api key [redacted]" == info.value.message.split(" (")[0]
+    assert key not in str(info.value)
