@@ -92,7 +92,7 @@ class Settings:
 
 def _read_env_file(path: Path) -> dict[str, str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # editors on Windows add a BOM
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
@@ -106,20 +106,42 @@ def _read_env_file(path: Path) -> dict[str, str]:
         name, sep, value = line.partition("=")
         if not sep or not name.strip().isidentifier():
             raise ConfigError(f"{path}:{lineno}: expected NAME=value")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[name.strip()] = value
+        parsed = _env_value(value.strip())
+        if parsed is None:
+            raise ConfigError(f"{path}:{lineno}: expected NAME=value with matching quotes")
+        values[name.strip()] = parsed
     return values
+
+
+def _env_value(value: str) -> str | None:
+    """`"a # b"` keeps its `#`; `a  # note` drops the comment, as dotenv and compose do."""
+    if value[:1] in ("'", '"'):
+        end = value.find(value[0], 1)
+        if end == -1:
+            return None
+        rest = value[end + 1 :].strip()
+        if rest and not rest.startswith("#"):
+            return None
+        return value[1:end]
+    hash_at = value.find(" #")
+    if hash_at == -1:
+        hash_at = value.find("\t#")
+    return value if hash_at == -1 else value[:hash_at].rstrip()
+
+
+def _shown(raw: str) -> str:
+    # A key pasted into the wrong variable must not leak through the error;
+    # the short values people mistype (numbers, words) are still shown.
+    return repr(raw) if len(raw) <= 16 else f"a {len(raw)}-character value"
 
 
 def _positive_float(name: str, raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"expected a positive number of seconds, got {raw!r}") from None
+        raise ConfigError(f"expected a positive number of seconds, got {_shown(raw)}") from None
     if not value > 0 or value == float("inf"):
-        raise ConfigError(f"expected a positive number, got {raw!r}")
+        raise ConfigError(f"expected a positive number, got {_shown(raw)}")
     return value
 
 
@@ -127,20 +149,20 @@ def _int(raw: str, what: str) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ConfigError(f"expected {what}, got {raw!r}") from None
+        raise ConfigError(f"expected {what}, got {_shown(raw)}") from None
 
 
 def _positive_int(name: str, raw: str) -> int:
     value = _int(raw, "a positive whole number")
     if value <= 0:
-        raise ConfigError(f"expected a positive whole number, got {raw!r}")
+        raise ConfigError(f"expected a positive whole number, got {_shown(raw)}")
     return value
 
 
 def _non_negative_int(name: str, raw: str) -> int:
     value = _int(raw, "a whole number >= 0")
     if value < 0:
-        raise ConfigError(f"expected a whole number >= 0, got {raw!r}")
+        raise ConfigError(f"expected a whole number >= 0, got {_shown(raw)}")
     return value
 
 
@@ -156,14 +178,18 @@ def _text(name: str, raw: str) -> str:
 
 def _fsync_policy(name: str, raw: str) -> str:
     if raw not in FSYNC_POLICIES:
-        raise ConfigError(f"expected one of {', '.join(FSYNC_POLICIES)}, got {raw!r}")
+        raise ConfigError(f"expected one of {', '.join(FSYNC_POLICIES)}, got {_shown(raw)}")
     return raw
 
 
 def _url(name: str, raw: str) -> str:
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        # Never echo the value: a mistyped key pasted here must not leak.
+    # Never echo the value: a mistyped key pasted here must not leak.
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError("expected an http:// or https:// URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError("expected an http:// or https:// URL")
     return raw.rstrip("/")
 

@@ -10,8 +10,10 @@ leaves it to the OS.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import stat
 import secrets
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -64,12 +66,28 @@ def check_relpath(root: Path, relpath: str) -> Path:
         raise PathEscapeError(f"refused path {relpath!r}: '..' is not allowed")
     if not pure.parts or pure.parts == (".",):
         raise PathEscapeError(f"refused path {relpath!r}: names no file")
-    root = root.resolve()
-    target = root.joinpath(*pure.parts)
-    # resolve() follows symlinks already on disk, in any parent or the file itself.
-    if not target.resolve().is_relative_to(root):
-        raise PathEscapeError(f"refused path {relpath!r}: it leads outside {root} (symlink)")
-    return target
+    real_root = _real_root(os.fspath(root))
+    target = os.path.join(real_root, *pure.parts)
+    # Only a symlink under root can lead out: lstat each existing component (cheaper than
+    # resolve() from /), and resolve fully only when one is a link.
+    current = real_root
+    for part in pure.parts:
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            break
+        if stat.S_ISLNK(mode):
+            resolved = os.path.realpath(target)
+            if os.path.commonpath([resolved, real_root]) != real_root:
+                raise PathEscapeError(f"refused path {relpath!r}: it leads outside {root} (symlink)")
+            break
+    return Path(target)
+
+
+@functools.lru_cache(maxsize=256)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)
 
 
 def sha256_bytes(data: bytes) -> str:

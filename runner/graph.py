@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 from collections.abc import Iterable, Mapping
 
 __all__ = ["ancestors", "descendants", "find_cycle", "topological_order"]
@@ -43,15 +43,19 @@ def topological_order(needs: Mapping[str, Iterable[str]]) -> list[str]:
     for name, deps in remaining.items():
         for dep in deps:
             dependents[dep].append(name)
-    ready = deque(name for name, deps in remaining.items() if not deps)
+    # Always take the earliest-declared ready step (a FIFO would not): an
+    # already valid declaration order comes back unchanged.
+    index = {name: i for i, name in enumerate(needs)}
+    ready = [index[name] for name, deps in remaining.items() if not deps]
+    names = list(needs)
     order: list[str] = []
     while ready:
-        name = ready.popleft()
+        name = names[heapq.heappop(ready)]
         order.append(name)
         for dependent in dependents[name]:
             remaining[dependent].discard(name)
             if not remaining[dependent]:
-                ready.append(dependent)
+                heapq.heappush(ready, index[dependent])
     if len(order) != len(needs):
         raise ValueError(f"cycle: {' -> '.join(find_cycle(needs) or [])}")
     return order

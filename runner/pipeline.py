@@ -33,7 +33,8 @@ __all__ = ["InputSpec", "Pipeline", "Step", "load_pipeline", "render"]
 StepFunction = Callable[["StepContext"], Awaitable[str]]
 
 _PROVIDERS = ("fake", "openai", "anthropic", "ollama")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+# \Z, not $: "$" also matches before a trailing newline.
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\Z")
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _INPUT_REF = re.compile(r"^\s*inputs\.([A-Za-z_][A-Za-z0-9_-]*)\s*$")
 _STEP_REF = re.compile(r"^\s*steps\.([A-Za-z_][A-Za-z0-9_-]*)\.output\s*$")
@@ -55,19 +56,19 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "temperature": (lambda v: _is_number(v) and 0 <= v <= 2, "a number from 0 to 2"),
     "max_tokens": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
     "stop": (
-        lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+        lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
         "a list of strings",
     ),
     "seed": (_is_int, "a whole number"),
     "files": (lambda v: isinstance(v, bool), "true or false"),
     "timeout_s": (lambda v: _is_number(v) and v > 0, "a positive number of seconds"),
     "retries": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
-    "options": (lambda v: isinstance(v, dict), "a table of provider options"),
+    "options": (lambda v: isinstance(v, Mapping), "a table of provider options"),
 }
 _STEP_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prompt": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
     "needs": (
-        lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+        lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
         "a list of step names",
     ),
 }
@@ -80,11 +81,12 @@ _BUILTIN_DEFAULTS: dict[str, Any] = {
 
 
 def _to_tuple(value: Iterable[str]) -> tuple[str, ...]:
-    return tuple(value)
+    # A bare string means one name, not a tuple of its letters.
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _to_optional_tuple(value: Iterable[str] | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(value)
+    return None if value is None else _to_tuple(value)
 
 
 def _to_steps(value: Iterable[Step]) -> tuple[Step, ...]:
@@ -310,13 +312,6 @@ def pipeline_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Pi
         inputs[input_name] = _input_spec(spec, f"inputs.{input_name}", fail)
     defaults = _fields(_table(data, "defaults", fail), "defaults", _FIELDS, fail)
     providers = _table(data, "providers", fail)
-    for provider_name, settings in providers.items():
-        if provider_name not in _PROVIDERS:
-            raise fail(
-                f"providers.{provider_name}", f"unknown provider (known: {', '.join(_PROVIDERS)})"
-            )
-        if not isinstance(settings, dict):
-            raise fail(f"providers.{provider_name}", "expected a table")
     steps_table = _table(data, "steps", fail)
     if not steps_table:
         raise fail("steps", "a pipeline needs at least one step")
@@ -401,17 +396,41 @@ def _validate(pipeline: Pipeline) -> None:
     def fail(where: str, message: str) -> PipelineError:
         return PipelineError(f"{source}: {where}: {message}")
 
-    if not _NAME.match(pipeline.name):
+    if not isinstance(pipeline.name, str) or not _NAME.match(pipeline.name):
         raise fail("name", "expected a name of letters, digits, '-' or '_'")
+    for input_name, spec in pipeline.inputs.items():
+        if not isinstance(spec, InputSpec):
+            raise fail(f"inputs.{input_name}", f"expected an InputSpec, got {spec!r}")
+    # The Python API skips `pipeline_from_dict`, so field types are checked here too.
+    _fields(pipeline.defaults, "defaults", _FIELDS, fail)
+    provider = pipeline.defaults.get("provider")
+    if provider is not None and provider not in _PROVIDERS:
+        raise fail(
+            "defaults.provider", f"unknown provider {provider!r} (known: {', '.join(_PROVIDERS)})"
+        )
+    for provider_name, settings in pipeline.providers.items():
+        if provider_name not in _PROVIDERS:
+            raise fail(
+                f"providers.{provider_name}", f"unknown provider (known: {', '.join(_PROVIDERS)})"
+            )
+        if not isinstance(settings, Mapping):
+            raise fail(f"providers.{provider_name}", "expected a table")
     if not pipeline.steps:
         raise fail("steps", "a pipeline needs at least one step")
     names: set[str] = set()
     for step in pipeline.steps:
-        if not _NAME.match(step.name):
-            raise fail(f"steps.{step.name}", "step names are letters, digits, '-' or '_'")
+        if not isinstance(step.name, str) or not _NAME.match(step.name):
+            raise fail(f"steps.{step.name!r}", "step names are letters, digits, '-' or '_'")
         if step.name in names:
             raise fail(f"steps.{step.name}", "duplicate step name")
         names.add(step.name)
+        values = {field: getattr(step, field) for field in (*_FIELDS, *_STEP_ONLY)}
+        _fields(
+            {k: v for k, v in values.items() if v is not None},
+            f"steps.{step.name}",
+            {**_FIELDS, **_STEP_ONLY},
+            fail,
+        )
     needs = pipeline.needs
     for step in pipeline.steps:
         for dep in step.needs:
@@ -431,31 +450,40 @@ def _validate(pipeline: Pipeline) -> None:
                 f"{where}.provider",
                 f"unknown provider {resolved.provider!r} (known: {', '.join(_PROVIDERS)})",
             )
-        upstream = ancestors(needs, step.name)
         for field in ("prompt", "system"):
-            _check_template(getattr(step, field), pipeline, upstream, f"{where}.{field}", fail)
-    _check_template(pipeline.defaults.get("system"), pipeline, set(), "defaults.system", fail)
+            text = getattr(step, field)
+            _check_template(text, pipeline.inputs, needs, step.name, f"{where}.{field}", fail)
+    text = pipeline.defaults.get("system")
+    _check_template(text, pipeline.inputs, {}, None, "defaults.system", fail)
 
 
 def _check_template(
     text: str | None,
-    pipeline: Pipeline,
-    upstream: Iterable[str],
+    inputs: Mapping[str, InputSpec],
+    needs: Mapping[str, tuple[str, ...]],
+    step: str | None,
     where: str,
     fail: Callable[[str, str], PipelineError],
 ) -> None:
     if not text:
         return
-    upstream = set(upstream)
+    upstream: set[str] | None = None
     for match in _TEMPLATE.finditer(text):
         expr = match.group(1)
+        # One line: a multi-line expression must not break the one-line error.
+        shown = "{{ " + " ".join(expr.split()) + " }}"
         if m := _INPUT_REF.match(expr):
-            if m.group(1) not in pipeline.inputs:
-                raise fail(where, f"unknown input {m.group(1)!r} in {{{{{expr}}}}}")
+            if m.group(1) not in inputs:
+                raise fail(where, f"unknown input {m.group(1)!r} in {shown}")
         elif m := _STEP_REF.match(expr):
+            if step is not None and m.group(1) in needs[step]:
+                continue
+            # Ancestors only past the direct needs: a long chain stays fast to validate.
+            if upstream is None:
+                upstream = ancestors(needs, step) if step is not None else set()
             if m.group(1) not in upstream:
                 raise fail(where, f"step {m.group(1)!r} is not upstream (add it to needs)")
         else:
             raise fail(
-                where, f"unsupported template {{{{{expr}}}}} (use inputs.NAME or steps.NAME.output)"
+                where, f"unsupported template {shown} (use inputs.NAME or steps.NAME.output)"
             )

@@ -97,6 +97,7 @@ class Supervisor:
         self._failed = False
         self._steps_scope = trio.CancelScope()
         self._manifest_dirty = trio.Event()
+        self._manifest_lock = trio.Lock()
         send_channel, self._event_receive = trio.open_memory_channel[Event](_EVENT_BUFFER)
         self.emitter = EventEmitter(job_id, send_channel)
         self.writer = EventWriter(
@@ -269,14 +270,16 @@ class Supervisor:
             await trio.sleep(_MANIFEST_INTERVAL_S)
 
     async def _write_manifest(self) -> None:
-        await safe_write(
-            self.run_dir,
-            "manifest.json",
-            self.state.manifest_bytes(),
-            fsync=self.settings.fsync,
-            dirty=self.dirty,
-        )
-
+        # The lock keeps an older snapshot from landing after a newer one when the
+        # write goes to a worker thread (RUNNER_FSYNC=always).
+        async with self._manifest_lock:
+            await safe_write(
+                self.run_dir,
+                "manifest.json",
+                self.state.manifest_bytes(),
+                fsync=self.settings.fsync,
+                dirty=self.dirty,
+            )
 
 def prepare_run_dir(
     pipeline: Pipeline, *, runs_dir: Path, job_id: str, resume: bool
