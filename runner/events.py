@@ -154,7 +154,11 @@ class EventEmitter:
         ts: str | None = None,
     ) -> Event:
         event = make_event(self.job_id, type, step=step, level=level, data=data, ts=ts)
-        await self._send_channel.send(event)
+        try:
+            # The common case: room in the buffer, no need to yield to the scheduler.
+            self._send_channel.send_nowait(event)
+        except trio.WouldBlock:
+            await self._send_channel.send(event)  # back-pressure: the writer is behind
         self.sent += 1
         return event
 

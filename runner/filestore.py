@@ -10,13 +10,14 @@ leaves it to the OS.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import stat
 import secrets
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import trio
@@ -56,22 +57,26 @@ class DirtyDirs:
 
 def check_relpath(root: Path, relpath: str) -> Path:
     """Return the absolute target for `relpath` under `root`, or raise `PathEscapeError`."""
+    return Path(_target(os.fspath(root), relpath))
+
+
+def _target(root: str, relpath: str) -> str:
     if not relpath or "\0" in relpath:
         raise PathEscapeError(f"refused path {relpath!r}: empty or contains NUL")
     posix = relpath.replace("\\", "/")
-    pure = PurePosixPath(posix)
-    if pure.is_absolute() or (len(posix) > 1 and posix[1] == ":") or posix.startswith("//"):
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
         raise PathEscapeError(f"refused path {relpath!r}: absolute paths are not allowed")
-    if ".." in pure.parts:
+    parts = [part for part in posix.split("/") if part not in ("", ".")]
+    if ".." in parts:
         raise PathEscapeError(f"refused path {relpath!r}: '..' is not allowed")
-    if not pure.parts or pure.parts == (".",):
+    if not parts:
         raise PathEscapeError(f"refused path {relpath!r}: names no file")
-    real_root = _real_root(os.fspath(root))
-    target = os.path.join(real_root, *pure.parts)
+    real_root = _real_root(root)
+    target = os.path.join(real_root, *parts)
     # Only a symlink under root can lead out: lstat each existing component (cheaper than
-    # resolve() from /), and resolve fully only when one is a link.
+    # resolving from /), and resolve fully only when one is a link.
     current = real_root
-    for part in pure.parts:
+    for part in parts:
         current = os.path.join(current, part)
         try:
             mode = os.lstat(current).st_mode
@@ -80,9 +85,11 @@ def check_relpath(root: Path, relpath: str) -> Path:
         if stat.S_ISLNK(mode):
             resolved = os.path.realpath(target)
             if os.path.commonpath([resolved, real_root]) != real_root:
-                raise PathEscapeError(f"refused path {relpath!r}: it leads outside {root} (symlink)")
+                raise PathEscapeError(
+                    f"refused path {relpath!r}: it leads outside {root} (symlink)"
+                )
             break
-    return Path(target)
+    return target
 
 
 @functools.lru_cache(maxsize=256)
@@ -94,7 +101,7 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str | None:
+def sha256_file(path: str | os.PathLike[str]) -> str | None:
     """The file's SHA-256, or None when it does not exist."""
     digest = hashlib.sha256()
     try:
@@ -107,7 +114,7 @@ def sha256_file(path: Path) -> str | None:
 
 
 def write_atomic(
-    root: Path,
+    root: str | os.PathLike[str],
     relpath: str,
     data: bytes,
     *,
@@ -115,33 +122,37 @@ def write_atomic(
     dirty: DirtyDirs | None = None,
 ) -> WriteResult:
     """The synchronous core of `safe_write` (no events, no threads)."""
-    target = check_relpath(root, relpath)
+    target = _target(os.fspath(root), relpath)
     new_hash = sha256_bytes(data)
     old_hash = sha256_file(target)
     if old_hash == new_hash:
         return WriteResult(path=relpath, sha256=new_hash, wrote=False, reason="nochange")
+    directory, name = os.path.split(target)
+    tmp = os.path.join(directory, f"{_TMP_PREFIX}{name}.{secrets.token_hex(4)}")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        check_relpath(
-            root, relpath
-        )  # a directory we just created cannot be a symlink; re-check anyway
-        tmp = target.parent / f"{_TMP_PREFIX}{target.name}.{secrets.token_hex(4)}"
+        if not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            with open(tmp, "xb") as file:
-                file.write(data)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
                 if fsync == "always":
-                    file.flush()
-                    os.fsync(file.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
     except OSError as exc:
         raise StorageError(f"cannot write {relpath!r} under {root}: {exc.strerror or exc}") from exc
     if fsync == "always":
-        _fsync_dir(target.parent)
+        _fsync_dir(Path(directory))
     elif fsync == "batch" and dirty is not None:
-        dirty.add(target.parent)
+        dirty.add(Path(directory))
     reason = "created" if old_hash is None else "updated"
     return WriteResult(path=relpath, sha256=new_hash, wrote=True, reason=reason)
 

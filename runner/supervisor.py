@@ -281,6 +281,7 @@ class Supervisor:
                 dirty=self.dirty,
             )
 
+
 def prepare_run_dir(
     pipeline: Pipeline, *, runs_dir: Path, job_id: str, resume: bool
 ) -> tuple[Path, JobState | None]:
