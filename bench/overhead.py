@@ -19,13 +19,13 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from baseline_trio import run_baseline  # noqa: E402
+from baseline_trio import run_baseline
 
-from runner import Pipeline, Settings, Step, run_dag  # noqa: E402
-from runner.events import read_events  # noqa: E402
-
+from runner import Pipeline, Settings, Step, run_dag
+from runner.events import read_events
 
 WORK = Path(__file__).parent / ".work"
+WIDTHS = (18, 14, 7, -9, -10, -9, -7)  # negative: right-aligned
 
 
 def chain(n: int) -> dict[str, list[str]]:
@@ -68,8 +68,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, action="append", help="where runs go (repeatable)")
     args = parser.parse_args()
     places = args.dir or [WORK] + ([Path("/dev/shm")] if Path("/dev/shm").is_dir() else [])
+    header = ("dag", "dir", "fsync", "µs/step", "events/s", "base µs", "ratio")
     print(
-        f"{'dag':<18}{'dir':<14}{'fsync':<7}{'µs/step':>9}{'events/s':>10}{'base µs':>9}{'ratio':>7}"
+        "".join(f"{h:<{w}}" if w > 0 else f"{h:>{-w}}" for h, w in zip(header, WIDTHS, strict=True))
     )
     for label, needs, where, fsync in [
         (label, needs, where, fsync)

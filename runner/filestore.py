@@ -14,8 +14,8 @@ import contextlib
 import functools
 import hashlib
 import os
-import stat
 import secrets
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
