@@ -59,6 +59,10 @@ EVENT_TYPES: Mapping[str, str] = {
 _DURABLE_POINTS = frozenset({"step.succeeded", "step.failed", "step.skipped", "job.finished"})
 
 
+# Built once: json.dumps() with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 class TornLineWarning(UserWarning):
     """A line of an events log could not be parsed (a write torn by a crash)."""
 
@@ -95,7 +99,7 @@ class Event:
             record["step"] = self.step
         if self.data is not None:
             record["data"] = self.data
-        return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        return _ENCODER.encode(record)
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> Event:

@@ -11,6 +11,7 @@ and resumable, and nothing it started outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -90,7 +91,10 @@ class Supervisor:
             if use_cache
             else None
         )
-        self.step_limiter = trio.CapacityLimiter(concurrency or 1_000_000)
+        self.step_limiter: trio.CapacityLimiter | contextlib.nullcontext[None] = (
+            trio.CapacityLimiter(concurrency) if concurrency else contextlib.nullcontext()
+        )
+        self._needs = pipeline.needs
         self._providers: dict[str, Provider] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._provider_limiters: dict[str, trio.CapacityLimiter] = {}
@@ -170,7 +174,7 @@ class Supervisor:
         return (self.run_dir / "outputs" / f"{step}.txt").read_text(encoding="utf-8")
 
     def upstream_outputs(self, step: str) -> dict[str, str]:
-        upstream = ancestors(self.pipeline.needs, step)
+        upstream = ancestors(self._needs, step)
         return {name: text for name, text in self.outputs.items() if name in upstream}
 
     def step_failed(self, step: str) -> None:
