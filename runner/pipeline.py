@@ -72,6 +72,25 @@ _STEP_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a list of step names",
     ),
 }
+# [providers.NAME] tables.
+_PROVIDER_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "max_concurrency": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
+    "stream": (lambda v: isinstance(v, bool) or v == "auto", 'true, false or "auto"'),
+}
+_FAKE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "latency_s": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
+    "replies": (
+        lambda v: isinstance(v, Mapping) and all(isinstance(t, str) for t in v.values()),
+        "a table of step = reply text",
+    ),
+    "errors": (
+        lambda v: isinstance(v, Mapping) and all(isinstance(t, str) for t in v.values()),
+        "a table of step = error message",
+    ),
+}
+#: Above this many max_tokens, `stream = "auto"` (the default) streams the response, so a
+#: long generation shows progress to httpx's read timeout instead of looking like a hang.
+STREAM_ABOVE_MAX_TOKENS = 1024
 _BUILTIN_DEFAULTS: dict[str, Any] = {
     "provider": "fake",
     "model": "echo",
@@ -415,6 +434,8 @@ def _validate(pipeline: Pipeline) -> None:
             )
         if not isinstance(settings, Mapping):
             raise fail(f"providers.{provider_name}", "expected a table")
+        allowed = _PROVIDER_FIELDS | (_FAKE_FIELDS if provider_name == "fake" else {})
+        _fields(settings, f"providers.{provider_name}", allowed, fail)
     if not pipeline.steps:
         raise fail("steps", "a pipeline needs at least one step")
     names: set[str] = set()

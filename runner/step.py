@@ -20,7 +20,7 @@ from .cache import CorruptCacheEntry, compute_cache_key
 from .errors import ProviderError, RunnerError
 from .fences import parse_file_blocks
 from .filestore import WriteResult, check_relpath
-from .pipeline import Step, render
+from .pipeline import STREAM_ABOVE_MAX_TOKENS, Step, render
 from .providers.base import LLMRequest
 
 if TYPE_CHECKING:
@@ -171,7 +171,9 @@ async def _call_llm(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
         stop=step.stop or (),
         seed=step.seed,
         options=dict(step.options or {}),
-        stream=bool(sup.pipeline.providers.get(provider_name, {}).get("stream", False)),
+        stream=_wants_stream(
+            sup.pipeline.providers.get(provider_name, {}), step.max_tokens or 2048
+        ),
         step=step.name,
     )
     provider = sup.provider(provider_name)
@@ -209,6 +211,11 @@ async def _write_file_blocks(sup: Supervisor, step: str, output: str) -> None:
         check_relpath(files_dir, block.path)
     for block in blocks:
         await sup.write_file(step, block.path, block.content)
+
+
+def _wants_stream(config: Mapping[str, object], max_tokens: int) -> bool:
+    setting = config.get("stream", "auto")
+    return setting is True or (setting == "auto" and max_tokens > STREAM_ABOVE_MAX_TOKENS)
 
 
 def _sha256(text: str) -> str:
