@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -333,5 +334,18 @@ def _follow(path: Path, poll_s: float = 0.02) -> Iterator[Event]:
                 yield event
 
 
+def _warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    # A torn log line is worth one line on stderr, not a Python warning with a source path.
+    click.echo(f"runner: warning: {message}", err=True)
+
+
 def main() -> None:
+    warnings.showwarning = _warning_line
     cli(prog_name="runner")

@@ -19,7 +19,13 @@ from .events import Event
 from .graph import descendants, topological_order
 from .manifest import SUCCEEDED, JobState, fold_log
 from .pipeline import Pipeline, pipeline_from_dict
-from .supervisor import JobResult, Supervisor, output_intact, prepare_run_dir
+from .supervisor import (
+    JobResult,
+    Supervisor,
+    output_intact,
+    prepare_run_dir,
+    write_pipeline_json,
+)
 
 __all__ = [
     "Job",
@@ -133,38 +139,49 @@ async def open_job(
     _check_job_id(job_id)
     completed: set[str] = set()
     changed: set[str] = set()
-    if resume:
-        run_dir, prior = prepare_run_dir(pipeline, runs_dir=runs_path, job_id=job_id, resume=True)
-        assert prior is not None
-        stored = _stored_pipeline(run_dir)
-        if stored.name != pipeline.name:
-            raise JobError(f"job {job_id!r} ran pipeline {stored.name!r}, not {pipeline.name!r}")
-        resolved_inputs = {**prior.inputs, **(inputs or {})}
-        resolved_inputs = pipeline.resolve_inputs(resolved_inputs)
-        changed = changed_steps(stored, pipeline) | _steps_using_changed_inputs(
-            pipeline, prior.inputs, resolved_inputs
-        )
-        stale = changed | descendants(pipeline.needs, changed)
-        completed = (_completed(prior, run_dir) & set(pipeline.step_names)) - stale
-        if stored.sha256() != pipeline.sha256():
-            (run_dir / "pipeline.json").write_bytes(pipeline.to_json_bytes())
-    else:
+    if not resume:
         resolved_inputs = pipeline.resolve_inputs(inputs)
-        run_dir, prior = prepare_run_dir(pipeline, runs_dir=runs_path, job_id=job_id, resume=False)
-    supervisor = Supervisor(
-        pipeline,
-        run_dir=run_dir,
-        job_id=job_id,
-        inputs=resolved_inputs,
-        settings=settings,
-        resume=resume,
-        completed=completed,
-        concurrency=concurrency,
-        fail_fast=fail_fast,
-        cache_dir=Path(cache_dir) if cache_dir is not None else settings.cache_dir,
-        use_cache=use_cache,
-        prior_state=prior,
+    run_dir, log_fd, prior = prepare_run_dir(
+        pipeline, runs_dir=runs_path, job_id=job_id, resume=resume
     )
+    try:
+        if resume:
+            assert prior is not None
+            stored = _stored_pipeline(run_dir)
+            if stored.name != pipeline.name:
+                raise JobError(
+                    f"job {job_id!r} ran pipeline {stored.name!r}, not {pipeline.name!r}"
+                )
+            resolved_inputs = {**prior.inputs, **(inputs or {})}
+            resolved_inputs = pipeline.resolve_inputs(resolved_inputs)
+            changed = changed_steps(stored, pipeline) | _steps_using_changed_inputs(
+                pipeline, prior.inputs, resolved_inputs
+            )
+            stale = changed | descendants(pipeline.needs, changed)
+            completed = (_completed(prior, run_dir) & set(pipeline.step_names)) - stale
+            # A step that runs again may answer differently: whatever was built on it runs too
+            # (the cache makes that free when the answer is the same).
+            completed -= descendants(pipeline.needs, set(pipeline.step_names) - completed)
+            if stored.sha256() != pipeline.sha256():
+                write_pipeline_json(run_dir, pipeline)
+        supervisor = Supervisor(
+            pipeline,
+            run_dir=run_dir,
+            job_id=job_id,
+            inputs=resolved_inputs,
+            settings=settings,
+            resume=resume,
+            completed=completed,
+            concurrency=concurrency,
+            fail_fast=fail_fast,
+            cache_dir=Path(cache_dir) if cache_dir is not None else settings.cache_dir,
+            use_cache=use_cache,
+            prior_state=prior,
+            log_fd=log_fd,
+        )
+    except BaseException:
+        os.close(log_fd)  # the writer never started: release the job's lock here
+        raise
     job = Job(supervisor)
     job.changed_steps = changed
     try:

@@ -9,6 +9,7 @@ one complete line, and fans events out to live subscribers.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import os
 import warnings
@@ -252,8 +253,10 @@ class EventWriter:
         fsync: bool = True,
         dirty: DirtyDirs | None = None,
         on_event: Callable[[Event], None] | None = None,
+        fd: int | None = None,
     ) -> None:
         self.path = path
+        self._fd = fd
         self._fsync = fsync
         self._dirty = dirty
         self._on_event = on_event
@@ -284,8 +287,9 @@ class EventWriter:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        fd = _open_log(self.path)
+        fd = self._fd if self._fd is not None else open_log(self.path)
         try:
+            _cut_torn_tail(fd)
             with self._scope:
                 task_status.started()
                 async with receive_channel:
@@ -338,22 +342,36 @@ class EventWriter:
             self._dirty.sync()
 
 
-def _open_log(path: Path) -> int:
-    """Open for append, first cutting off a torn last line left by a crash."""
+def open_log(path: Path) -> int:
+    """Open a job's log for appending, holding an exclusive lock until it is closed.
+
+    The lock (`flock`, released by the OS even on SIGKILL) keeps two processes from
+    running the same job at once. Raises `BlockingIOError` when another one holds it.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    size = os.fstat(fd).st_size
-    if size:
-        tail_start = max(0, size - 65536)
-        while True:
-            tail = os.pread(fd, size - tail_start, tail_start)
-            cut = tail.rfind(b"\n")
-            if cut >= 0 or tail_start == 0:
-                break
-            tail_start = max(0, tail_start - 65536)
-        keep = tail_start + cut + 1 if cut >= 0 else 0
-        if keep != size:
-            os.ftruncate(fd, keep)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
+
+
+def _cut_torn_tail(fd: int) -> None:
+    # A crash mid-write leaves a last line without its newline: cut it off before appending.
+    size = os.fstat(fd).st_size
+    if not size:
+        return
+    tail_start = max(0, size - 65536)
+    while True:
+        tail = os.pread(fd, size - tail_start, tail_start)
+        cut = tail.rfind(b"\n")
+        if cut >= 0 or tail_start == 0:
+            break
+        tail_start = max(0, tail_start - 65536)
+    keep = tail_start + cut + 1 if cut >= 0 else 0
+    if keep != size:
+        os.ftruncate(fd, keep)
 
 
 def parse_line(line: bytes) -> Event | None:

@@ -90,11 +90,11 @@ async def run_step(
         await sup.emitter.step_skipped(name, "upstream_failed", upstream=sorted(failed_upstream))
         await _hand_on(dependents, Handoff(name, ok=False))
         return
-    if name in sup.completed:
-        output = sup.stored_output(name)
-        await sup.emitter.step_skipped(name, "resumed", output_sha256=_sha256(output))
-        sup.outputs[name] = output
-        await _hand_on(dependents, Handoff(name, ok=True, output=output))
+    stored = sup.stored_output(name) if name in sup.completed else None
+    if stored is not None:
+        await sup.emitter.step_skipped(name, "resumed", output_sha256=_sha256(stored))
+        sup.outputs[name] = stored
+        await _hand_on(dependents, Handoff(name, ok=True, output=stored))
         return
     async with sup.step_limiter:
         await sup.emitter.step_started(name)

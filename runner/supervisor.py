@@ -28,8 +28,8 @@ from .calls import call_with_retries
 from .circuit_breaker import CircuitBreaker
 from .config import Settings
 from .errors import JobError
-from .events import Event, EventEmitter, EventWriter
-from .filestore import DirtyDirs, WriteResult, safe_write, sha256_file
+from .events import Event, EventEmitter, EventWriter, open_log
+from .filestore import DirtyDirs, WriteResult, safe_write, sha256_file, write_atomic
 from .graph import ancestors
 from .manifest import CANCELLED, FAILED, SUCCEEDED, JobState, fold_log
 from .pipeline import Pipeline
@@ -73,6 +73,7 @@ class Supervisor:
         cache_dir: Path | None,
         use_cache: bool,
         prior_state: JobState | None,
+        log_fd: int | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.run_dir = run_dir
@@ -109,6 +110,7 @@ class Supervisor:
             fsync=settings.fsync != "never",
             dirty=self.dirty,
             on_event=self._on_event,
+            fd=log_fd,
         )
         self.result: JobResult | None = None
 
@@ -170,8 +172,12 @@ class Supervisor:
             dirty=self.dirty,
         )
 
-    def stored_output(self, step: str) -> str:
-        return (self.run_dir / "outputs" / f"{step}.txt").read_text(encoding="utf-8")
+    def stored_output(self, step: str) -> str | None:
+        """A completed step's output; None if it vanished since resume checked it (run it again)."""
+        try:
+            return (self.run_dir / "outputs" / f"{step}.txt").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def upstream_outputs(self, step: str) -> dict[str, str]:
         upstream = ancestors(self._needs, step)
@@ -288,23 +294,44 @@ class Supervisor:
 
 def prepare_run_dir(
     pipeline: Pipeline, *, runs_dir: Path, job_id: str, resume: bool
-) -> tuple[Path, JobState | None]:
-    """Create (or, on resume, check) the run directory; returns it and the prior state."""
+) -> tuple[Path, int, JobState | None]:
+    """Create (or, on resume, check) the run directory and lock its log.
+
+    Returns the run directory, the locked log's descriptor (the caller owns it: hand
+    it to the `EventWriter` or close it) and, on resume, the state folded from the log.
+    """
     run_dir = runs_dir / job_id
     events_path = run_dir / "events.jsonl"
     if resume:
         if not events_path.exists():
             raise JobError(f"job {job_id!r} not found in {runs_dir} (nothing to resume)")
-        return run_dir, fold_log(events_path)
+        fd = _lock(events_path, job_id)
+        try:
+            return run_dir, fd, fold_log(events_path)
+        except BaseException:
+            os.close(fd)
+            raise
     if run_dir.exists():
         raise JobError(f"job {job_id!r} already exists in {runs_dir} (use --resume to continue it)")
     try:
         (run_dir / "outputs").mkdir(parents=True)
         (run_dir / "files").mkdir()
-        (run_dir / "pipeline.json").write_bytes(pipeline.to_json_bytes())
+        write_pipeline_json(run_dir, pipeline)
     except OSError as exc:
         raise JobError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
-    return run_dir, None
+    return run_dir, _lock(events_path, job_id), None
+
+
+def write_pipeline_json(run_dir: Path, pipeline: Pipeline) -> None:
+    """`pipeline.json`: the pipeline as run, so `--resume` needs no original file."""
+    write_atomic(run_dir, "pipeline.json", pipeline.to_json_bytes(), fsync="never")
+
+
+def _lock(events_path: Path, job_id: str) -> int:
+    try:
+        return open_log(events_path)
+    except BlockingIOError:
+        raise JobError(f"job {job_id!r} is running in another process") from None
 
 
 def output_intact(run_dir: Path, step: str, sha256: str | None) -> bool:

@@ -259,3 +259,47 @@ async def test_run_dag_inside_a_callers_nursery(runs_dir: Path) -> None:
         for i in range(3):
             nursery.start_soon(one, f"j{i}")
     assert ["succeeded"] * 3 == [r.status for r in results]
+
+
+async def test_a_job_cannot_run_in_two_places_at_once(runs_dir: Path) -> None:
+    pipeline = fake_pipeline([Step("a", prompt="x")], latency_s=5.0)
+    with trio.CancelScope() as scope:
+        async with open_job(pipeline, runs_dir=runs_dir, job_id="busy", settings=FAST) as job:
+            async for event in job.events():
+                if event.type == "step.started":
+                    with pytest.raises(
+                        JobError, match=r"^job 'busy' is running in another process$"
+                    ):
+                        await run_dag(
+                            pipeline, runs_dir=runs_dir, job_id="busy", resume=True, settings=FAST
+                        )
+                    scope.cancel()
+    # The lock goes with the job: now it resumes.
+    result = await run_dag(
+        fake_pipeline([Step("a", prompt="x")]), runs_dir=runs_dir, job_id="busy", resume=True
+    )
+    assert "succeeded" == result.status
+
+
+async def test_a_resume_whose_output_vanished_runs_the_step_again(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = fake_pipeline(
+        [Step("a", prompt="x"), Step("b", prompt="{{ steps.a.output }}!", needs=["a"])]
+    )
+    first = await run_dag(pipeline, runs_dir=runs_dir, job_id="j", settings=FAST)
+    # Deleted after resume checked it, before the step read it.
+    from runner.supervisor import Supervisor
+
+    original = Supervisor.stored_output
+
+    def vanish(self: Supervisor, step: str) -> str | None:
+        (first.run_dir / "outputs" / f"{step}.txt").unlink(missing_ok=True)
+        return original(self, step)
+
+    monkeypatch.setattr(Supervisor, "stored_output", vanish)
+    again = await run_dag(
+        pipeline, runs_dir=runs_dir, job_id="j", resume=True, settings=FAST, use_cache=False
+    )
+    assert ("succeeded", "x!") == (again.status, again.outputs["b"])
+    assert "x" == (first.run_dir / "outputs" / "a.txt").read_text()
