@@ -110,6 +110,12 @@ async def _attempt_once(
         start = trio.current_time()
         try:
             response = await _complete_within(provider, request, timeout_s)
+        except trio.Cancelled:
+            # Keep request/response paired even for an attempt the job's end cut short;
+            # shielded, and bounded because the writer outlives every step.
+            with trio.CancelScope(shield=True):
+                await _log_response(emitter, step, common, start, status="cancelled")
+            raise
         except Exception as exc:
             await _log_response(emitter, step, common, start, status=_failure_status(exc))
             raise

@@ -344,7 +344,8 @@ async def test_cancellation_propagates_untouched(autojump_clock, channel):
         await call(ScriptedProvider([HANG]), emitter, breaker=breaker, limiter=limiter)
 
     assert scope.cancelled_caught
-    assert [request_event(1)] == drain(events)
+    # The cut-short attempt still gets its response event, so request/response stay paired.
+    assert [request_event(1), response_event(1, "cancelled", latency_s=3.0)] == drain(events)
     assert ("closed", 0) == (breaker.state, breaker.failures)
     assert 0 == limiter.borrowed_tokens
 
