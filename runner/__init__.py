@@ -18,11 +18,13 @@ from .dag import run_dag as run_dag
 from .errors import CircuitOpenError as CircuitOpenError
 from .errors import ConfigError as ConfigError
 from .errors import JobError as JobError
+from .errors import MalformedResponseError as MalformedResponseError
 from .errors import PathEscapeError as PathEscapeError
 from .errors import PermanentProviderError as PermanentProviderError
 from .errors import PipelineError as PipelineError
 from .errors import ProviderConnectionError as ProviderConnectionError
 from .errors import ProviderError as ProviderError
+from .errors import ProviderStreamError as ProviderStreamError
 from .errors import ProviderTimeoutError as ProviderTimeoutError
 from .errors import RateLimitError as RateLimitError
 from .errors import RetryableProviderError as RetryableProviderError
@@ -48,12 +50,14 @@ __all__ = [
     "Job",
     "JobError",
     "JobResult",
+    "MalformedResponseError",
     "PathEscapeError",
     "PermanentProviderError",
     "Pipeline",
     "PipelineError",
     "ProviderConnectionError",
     "ProviderError",
+    "ProviderStreamError",
     "ProviderTimeoutError",
     "RateLimitError",
     "RetryableProviderError",

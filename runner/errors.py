@@ -25,11 +25,13 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "JobError",
+    "MalformedResponseError",
     "PathEscapeError",
     "PermanentProviderError",
     "PipelineError",
     "ProviderConnectionError",
     "ProviderError",
+    "ProviderStreamError",
     "ProviderTimeoutError",
     "RateLimitError",
     "RetryableProviderError",
@@ -122,6 +124,22 @@ class RateLimitError(RetryableProviderError):
     """HTTP 429: slow down. Drives backoff, never trips the breaker."""
 
     breaker_failure = False
+
+
+class MalformedResponseError(RetryableProviderError):
+    """The provider answered 2xx with a body we cannot read (not JSON, wrong shape)."""
+
+    @property
+    def reason(self) -> str:
+        return "malformed_response"
+
+
+class ProviderStreamError(RetryableProviderError):
+    """The provider reported an error in the middle of a 200 response."""
+
+    @property
+    def reason(self) -> str:
+        return "stream_error"
 
 
 class PermanentProviderError(ProviderError):

@@ -19,17 +19,17 @@ from hypothesis import strategies as st
 
 from runner.config import Settings
 from runner.errors import (
+    MalformedResponseError,
     PermanentProviderError,
     ProviderConnectionError,
     ProviderError,
+    ProviderStreamError,
     ProviderTimeoutError,
     RateLimitError,
     RetryableProviderError,
 )
 from runner.providers import LLMRequest, Provider, create_provider
 from runner.providers._http import (
-    MalformedResponseError,
-    ProviderStreamError,
     SSEDecoder,
     SSEEvent,
     parse_retry_after,

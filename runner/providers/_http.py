@@ -39,9 +39,11 @@ import trio
 
 from ..config import Settings
 from ..errors import (
+    MalformedResponseError,
     PermanentProviderError,
     ProviderConnectionError,
     ProviderError,
+    ProviderStreamError,
     ProviderTimeoutError,
     RateLimitError,
     RetryableProviderError,
@@ -51,8 +53,6 @@ from .base import LLMRequest, LLMResponse
 __all__ = [
     "Draft",
     "HTTPProvider",
-    "MalformedResponseError",
-    "ProviderStreamError",
     "SSEDecoder",
     "SSEEvent",
     "classify",
@@ -71,22 +71,6 @@ _SPEND_LIMIT = re.compile(r"spend(ing)? limit|usage limit|credit balance", re.IG
 # What a body of the wrong shape raises while we pick it apart.
 _PARSE_ERRORS = (LookupError, TypeError, AttributeError, ValueError)
 _MAX_MESSAGE_CHARS = 500
-
-
-class MalformedResponseError(RetryableProviderError):
-    """The provider answered 2xx with a body we cannot read (not JSON, wrong shape)."""
-
-    @property
-    def reason(self) -> str:
-        return "malformed_response"
-
-
-class ProviderStreamError(RetryableProviderError):
-    """The provider reported an error in the middle of a 200 response."""
-
-    @property
-    def reason(self) -> str:
-        return "stream_error"
 
 
 def classify(
