@@ -30,7 +30,7 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -214,17 +214,22 @@ class HTTPProvider(abc.ABC):
     base_url: str
     #: Response header holding the provider's request id, if it sends one.
     request_id_header: str | None = None
+    #: The `Settings` fields holding this provider's address and key.
+    base_url_setting: str
+    api_key_setting: str | None = None
 
     def __init__(
         self,
-        base_url: str,
-        *,
         settings: Settings,
-        api_key: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        *,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._api_key = api_key or None
+        # `config` is the pipeline's [providers.NAME] table: nothing in it concerns the
+        # wire (max_concurrency and stream are the supervisor's and the step's business).
+        self.base_url = str(getattr(settings, self.base_url_setting)).rstrip("/")
+        key = getattr(settings, self.api_key_setting) if self.api_key_setting else None
+        self._api_key: str | None = key or None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.provider_timeout_s), transport=transport
         )

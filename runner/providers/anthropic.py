@@ -7,12 +7,9 @@ gateway is reached with `ANTHROPIC_BASE_URL=https://gateway.example.com`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-from ..config import Settings
 from ._http import Draft, HTTPProvider, SSEEvent, sse_lines, tokens
 from .base import LLMRequest
 
@@ -36,28 +33,12 @@ _STATUS_OF_ERROR_TYPE = {
 
 
 class AnthropicProvider(HTTPProvider):
-    """Calls `POST {ANTHROPIC_BASE_URL}/v1/messages`, plain or streamed (SSE).
-
-    `config` is the pipeline's `[providers.anthropic]` table; nothing in it
-    concerns the wire (`max_concurrency` is the supervisor's business).
-    """
+    """Calls `POST {ANTHROPIC_BASE_URL}/v1/messages`, plain or streamed (SSE)."""
 
     name = "anthropic"
+    base_url_setting = "anthropic_base_url"
+    api_key_setting = "anthropic_api_key"
     request_id_header = "request-id"
-
-    def __init__(
-        self,
-        settings: Settings,
-        config: Mapping[str, Any] | None = None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            settings.anthropic_base_url,
-            settings=settings,
-            api_key=settings.anthropic_api_key,
-            transport=transport,
-        )
 
     def _url(self) -> str:
         return f"{self.base_url}/v1/messages"

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-from ..config import Settings
 from ._http import Draft, HTTPProvider, ndjson_lines, tokens
 from .base import LLMRequest
 
@@ -26,15 +23,7 @@ class OllamaProvider(HTTPProvider):
     """
 
     name = "ollama"
-
-    def __init__(
-        self,
-        settings: Settings,
-        config: Mapping[str, Any] | None = None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(settings.ollama_host, settings=settings, transport=transport)
+    base_url_setting = "ollama_host"
 
     def _url(self) -> str:
         return f"{self.base_url}/api/chat"

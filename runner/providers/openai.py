@@ -11,12 +11,9 @@ The key (`OPENAI_API_KEY`) is sent only when set: local servers need none.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-from ..config import Settings
 from ._http import Draft, HTTPProvider, SSEEvent, sse_lines, tokens
 from .base import LLMRequest
 
@@ -24,28 +21,12 @@ __all__ = ["OpenAIProvider"]
 
 
 class OpenAIProvider(HTTPProvider):
-    """Calls `POST {OPENAI_BASE_URL}/chat/completions`, plain or streamed (SSE).
-
-    `config` is the pipeline's `[providers.openai]` table; nothing in it
-    concerns the wire (`max_concurrency` is the supervisor's business).
-    """
+    """Calls `POST {OPENAI_BASE_URL}/chat/completions`, plain or streamed (SSE)."""
 
     name = "openai"
+    base_url_setting = "openai_base_url"
+    api_key_setting = "openai_api_key"
     request_id_header = "x-request-id"
-
-    def __init__(
-        self,
-        settings: Settings,
-        config: Mapping[str, Any] | None = None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            settings.openai_base_url,
-            settings=settings,
-            api_key=settings.openai_api_key,
-            transport=transport,
-        )
 
     def _url(self) -> str:
         return f"{self.base_url}/chat/completions"
