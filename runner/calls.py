@@ -133,7 +133,7 @@ async def _complete_within(
     except trio.TooSlowError as exc:
         # Raised inside the breaker's scope, so a timeout counts as a breaker failure.
         raise ProviderTimeoutError(
-            f"{provider.name} timed out after {timeout_s:g}s", provider=provider.name
+            f"{provider.name}: timed out after {timeout_s:g}s", provider=provider.name
         ) from exc
 
 

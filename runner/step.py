@@ -175,6 +175,7 @@ async def _call_llm(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
             sup.pipeline.providers.get(provider_name, {}), step.max_tokens or 2048
         ),
         step=step.name,
+        timeout_s=step.timeout_s or sup.settings.provider_timeout_s,
     )
     provider = sup.provider(provider_name)
     cache = sup.cache

@@ -32,7 +32,7 @@ from .events import Event, EventEmitter, EventWriter, open_log
 from .filestore import DirtyDirs, WriteResult, safe_write, sha256_file, write_atomic
 from .graph import ancestors
 from .manifest import CANCELLED, FAILED, SUCCEEDED, JobState, fold_log
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Step
 from .providers import LLMRequest, LLMResponse, Provider, create_provider
 from .retry import RetryPolicy
 from .step import Handoff, run_step
@@ -138,7 +138,7 @@ class Supervisor:
         return transition
 
     async def call(
-        self, provider: Provider, request: LLMRequest, step: Any
+        self, provider: Provider, request: LLMRequest, step: Step
     ) -> tuple[LLMResponse, int]:
         policy = RetryPolicy.from_settings(self.settings, max_retries=step.retries)
         return await call_with_retries(
@@ -148,7 +148,7 @@ class Supervisor:
             emitter=self.emitter,
             breaker=self._breakers[provider.name],
             policy=policy,
-            timeout_s=step.timeout_s or self.settings.provider_timeout_s,
+            timeout_s=request.timeout_s or self.settings.provider_timeout_s,
             limiter=self._provider_limiters.get(provider.name),
         )
 

@@ -220,7 +220,7 @@ async def test_a_hanging_provider_times_out(autojump_clock, channel):
     emitter, events = channel
     breaker = make_breaker(threshold=1)
 
-    with pytest.raises(ProviderTimeoutError, match=r"^scripted timed out after 5s$") as info:
+    with pytest.raises(ProviderTimeoutError, match=r"^scripted: timed out after 5s$") as info:
         await call(
             ScriptedProvider([HANG]),
             emitter,

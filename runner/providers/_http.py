@@ -262,7 +262,14 @@ class HTTPProvider(abc.ABC):
             # `stream()` even for a plain reply: its `async with` closes the
             # response however we leave, so a cancelled call frees its connection.
             async with self._client.stream(
-                "POST", self._url(), json=self._body(request), headers=self._headers()
+                "POST",
+                self._url(),
+                json=self._body(request),
+                headers=self._headers(),
+                # A step's timeout_s may be longer than PROVIDER_TIMEOUT_S, the client's default.
+                timeout=httpx.Timeout(request.timeout_s)
+                if request.timeout_s
+                else httpx.USE_CLIENT_DEFAULT,
             ) as response:
                 if not response.is_success:
                     await response.aread()
@@ -334,10 +341,11 @@ class HTTPProvider(abc.ABC):
         status: int | None = None,
         retry_after: float | None = None,
     ) -> _E:
-        text = f"{self.name}: {message}"
         if self._api_key:
-            # Some servers echo the key back in their message; it stops here.
-            text = text.replace(self._api_key, "[redacted]")
+            # Some servers echo the key back in their message; it stops here. Redact
+            # before cutting to length, or a key straddling the cut would leak in part.
+            message = message.replace(self._api_key, "[redacted]")
+        text = f"{self.name}: {message[:_MAX_MESSAGE_CHARS]}"
         return cls(text, provider=self.name, status=status, retry_after=retry_after)
 
     def _status_error(self, response: httpx.Response) -> ProviderError:
@@ -370,11 +378,10 @@ class HTTPProvider(abc.ABC):
         return self._error(cls, f"error in stream: {_label(message, codes)}")
 
     def _malformed(self, exc: Exception) -> MalformedResponseError:
-        return self._error(MalformedResponseError, f"malformed response ({_describe(exc)[:200]})")
+        return self._error(MalformedResponseError, f"malformed response ({_describe(exc)})")
 
 
 def _label(message: str, codes: set[str]) -> str:
-    message = message[:_MAX_MESSAGE_CHARS]
     return f"{message} ({', '.join(sorted(codes))})" if codes else message
 
 

@@ -28,6 +28,8 @@ class LLMRequest:
     options: Mapping[str, Any] = attrs.field(factory=dict)
     stream: bool = False
     step: str = ""
+    #: The attempt's deadline; providers also bound their own I/O waits by it.
+    timeout_s: float | None = None
 
 
 @attrs.frozen
