@@ -131,6 +131,14 @@ class Supervisor:
                 self._provider_limiters[name] = trio.CapacityLimiter(limit)
         return self._providers[name]
 
+    def _open_providers(self) -> None:
+        # Before any step starts, so the first call does not pay for building a client.
+        for step in self.pipeline.steps:
+            if step.fn is None and step.name not in self.completed:
+                provider = self.pipeline.resolved(step).provider
+                assert provider is not None
+                self.provider(provider)
+
     def _breaker_transition(self, provider: str) -> Any:
         async def transition(name: str, failures: int) -> None:
             await self.emitter.breaker(name, provider=provider, failures=failures)
@@ -213,6 +221,7 @@ class Supervisor:
                     pid=os.getpid(),
                     host=socket.gethostname(),
                 )
+                self._open_providers()
                 await self._run_steps()
                 status = FAILED if self._failed else SUCCEEDED
             finally:

@@ -64,8 +64,12 @@ def request(stream=False, **kw):
 def busy_connections(provider):
     # httpcore's pool, reached through private attributes: the only way to see
     # whether a cancelled call left its connection checked out.
-    pool = provider._client._transport._pool
-    return [c for c in pool.connections if not c.is_closed() and not c.is_idle()]
+    return [
+        c
+        for client in provider._clients._clients
+        for c in client._transport._pool.connections
+        if not c.is_closed() and not c.is_idle()
+    ]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
@@ -206,3 +210,22 @@ async def test_authentication_error_keeps_the_message_and_never_the_key(name, ke
             await provider.complete(request())
     assert f"{name}: 401 invalid api key [redacted]" == info.value.message.split(" (")[0]
     assert key not in str(info.value)
+
+
+async def test_many_concurrent_calls_are_spread_over_small_pools():
+    async with open_provider("openai") as (provider, server):
+        server.script(*[Reply("ok", delay_s=0.2) for _ in range(40)])
+        results = []
+
+        async def one():
+            results.append(await provider.complete(request()))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(40):
+                nursery.start_soon(one)
+        # 40 calls at once, at most 16 per client: three clients, each pool small.
+        assert (40, 3) == (len(results), provider._clients.size)
+        assert ["ok"] * 40 == [r.text for r in results]
+        # Calls one after another reuse the first client instead of growing the pool.
+        await provider.complete(request())
+        assert 3 == provider._clients.size

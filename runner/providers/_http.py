@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import abc
 import email.utils
+import functools
 import json
 import re
+import ssl
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
@@ -48,6 +50,7 @@ from ..errors import (
     RateLimitError,
     RetryableProviderError,
 )
+from ._clients import ClientPool
 from .base import LLMRequest, LLMResponse
 
 __all__ = [
@@ -230,8 +233,10 @@ class HTTPProvider(abc.ABC):
         self.base_url = str(getattr(settings, self.base_url_setting)).rstrip("/")
         key = getattr(settings, self.api_key_setting) if self.api_key_setting else None
         self._api_key: str | None = key or None
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.provider_timeout_s), transport=transport
+        self._clients = ClientPool(
+            timeout_s=settings.provider_timeout_s,
+            transport=transport,
+            verify=_shared_ssl_context(),
         )
 
     @abc.abstractmethod
@@ -259,30 +264,8 @@ class HTTPProvider(abc.ABC):
         """Make one attempt; raise a `ProviderError` on failure (see the module docstring)."""
         draft = Draft(model=request.model)
         try:
-            # `stream()` even for a plain reply: its `async with` closes the
-            # response however we leave, so a cancelled call frees its connection.
-            async with self._client.stream(
-                "POST",
-                self._url(),
-                json=self._body(request),
-                headers=self._headers(),
-                # A step's timeout_s may be longer than PROVIDER_TIMEOUT_S, the client's default.
-                timeout=httpx.Timeout(request.timeout_s)
-                if request.timeout_s
-                else httpx.USE_CLIENT_DEFAULT,
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    raise self._status_error(response)
-                if request.stream:
-                    await self._read_lines(response, self._line_handler(draft))
-                else:
-                    body = await response.aread()
-                    try:
-                        self._parse(json.loads(body), draft)
-                    except _PARSE_ERRORS as exc:
-                        raise self._malformed(exc) from exc
-                return self._finish(response, draft)
+            with self._clients.lease() as client:
+                return await self._attempt(client, request, draft)
         except httpx.TimeoutException as exc:
             raise self._error(ProviderTimeoutError, f"timed out ({_describe(exc)})") from exc
         except httpx.TransportError as exc:
@@ -291,9 +274,37 @@ class HTTPProvider(abc.ABC):
         except httpx.DecodingError as exc:
             raise self._malformed(exc) from exc
 
+    async def _attempt(
+        self, client: httpx.AsyncClient, request: LLMRequest, draft: Draft
+    ) -> LLMResponse:
+        # `stream()` even for a plain reply: its `async with` closes the response
+        # however we leave, so a cancelled call frees its connection.
+        async with client.stream(
+            "POST",
+            self._url(),
+            json=self._body(request),
+            headers=self._headers(),
+            # A step's timeout_s may be longer than PROVIDER_TIMEOUT_S, the client's default.
+            timeout=httpx.Timeout(request.timeout_s)
+            if request.timeout_s
+            else httpx.USE_CLIENT_DEFAULT,
+        ) as response:
+            if not response.is_success:
+                await response.aread()
+                raise self._status_error(response)
+            if request.stream:
+                await self._read_lines(response, self._line_handler(draft))
+            else:
+                body = await response.aread()
+                try:
+                    self._parse(json.loads(body), draft)
+                except _PARSE_ERRORS as exc:
+                    raise self._malformed(exc) from exc
+            return self._finish(response, draft)
+
     async def aclose(self) -> None:
         """Close the provider's connections."""
-        await self._client.aclose()
+        await self._clients.aclose()
 
     async def _read_lines(self, response: httpx.Response, on_line: Callable[[str], bool]) -> None:
         done = False
@@ -379,6 +390,13 @@ class HTTPProvider(abc.ABC):
 
     def _malformed(self, exc: Exception) -> MalformedResponseError:
         return self._error(MalformedResponseError, f"malformed response ({_describe(exc)})")
+
+
+@functools.cache
+def _shared_ssl_context() -> ssl.SSLContext:
+    # Building a context (loading the CA bundle) takes ~30-130 ms here: once per process,
+    # not once per provider per job. httpx's own helper keeps SSL_CERT_FILE/DIR working.
+    return httpx.create_ssl_context()
 
 
 def _label(message: str, codes: set[str]) -> str:
