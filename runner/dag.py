@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -16,6 +18,7 @@ import trio
 from .config import Settings
 from .errors import JobError, PipelineError
 from .events import Event
+from .filestore import leftover_temp_files
 from .graph import descendants, topological_order
 from .manifest import SUCCEEDED, JobState, fold_log
 from .pipeline import Pipeline, pipeline_from_dict
@@ -38,6 +41,10 @@ __all__ = [
 ]
 
 
+# The name `safe_write` gives its temp file: `.tmp-<name>.<8 hex>`.
+_TEMP_NAME = re.compile(r"\.tmp-.+\.[0-9a-f]{8}\Z")
+
+
 def new_job_id(pipeline_name: str) -> str:
     """`<pipeline-name>-<UTC yyyymmddThhmmss>-<4 hex>`."""
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S")
@@ -52,7 +59,8 @@ def read_completed_steps(events_path: str | os.PathLike[str]) -> set[str]:
     memory does not grow with its length.
     """
     path = Path(events_path)
-    return _completed(fold_log(path), path.parent)
+    # Only step and job events decide what is completed: the rest is skipped undecoded.
+    return _completed(fold_log(path, families=("step", "job")), path.parent)
 
 
 def _completed(state: JobState, run_dir: Path) -> set[str]:
@@ -152,7 +160,9 @@ async def open_job(
                 raise JobError(
                     f"job {job_id!r} ran pipeline {stored.name!r}, not {pipeline.name!r}"
                 )
-            resolved_inputs = {**prior.inputs, **(inputs or {})}
+            # Inputs the pipeline no longer declares are dropped, not an "unknown input".
+            kept = {k: v for k, v in prior.inputs.items() if k in pipeline.inputs}
+            resolved_inputs = {**kept, **(inputs or {})}
             resolved_inputs = pipeline.resolve_inputs(resolved_inputs)
             changed = changed_steps(stored, pipeline) | _steps_using_changed_inputs(
                 pipeline, prior.inputs, resolved_inputs
@@ -164,6 +174,7 @@ async def open_job(
             completed -= descendants(pipeline.needs, set(pipeline.step_names) - completed)
             if stored.sha256() != pipeline.sha256():
                 write_pipeline_json(run_dir, pipeline)
+            _remove_temp_files(run_dir)
         supervisor = Supervisor(
             pipeline,
             run_dir=run_dir,
@@ -239,6 +250,15 @@ def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
             return inner
         group = inner
     return group
+
+
+def _remove_temp_files(run_dir: Path) -> None:
+    # A process killed mid-write leaves safe_write's temp file behind. We hold the job's
+    # lock, so no other process is writing here: every such file is garbage.
+    for path in leftover_temp_files([run_dir]):
+        if _TEMP_NAME.match(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _check_job_id(job_id: str) -> None:

@@ -15,7 +15,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
 import trio
@@ -397,15 +397,19 @@ def read_events(events_path: str | os.PathLike[str]) -> Iterator[Event]:
                 print(event.step, event.data["message"])
     """
     with open(events_path, "rb") as file:
-        for line in file:
-            if not line.endswith(b"\n"):
-                # Each event is written with its newline in one write(): no newline, torn line.
-                warnings.warn(
-                    f"skipped a torn last line: {line[:80]!r}", TornLineWarning, stacklevel=2
-                )
-                break
+        for line in complete_lines(file):
             if not line.strip():
                 continue
             event = parse_line(line)
             if event is not None:
                 yield event
+
+
+def complete_lines(file: BinaryIO) -> Iterator[bytes]:
+    """The complete lines of a log file; a torn last line is skipped with a warning."""
+    for line in file:
+        if not line.endswith(b"\n"):
+            # Each event is written with its newline in one write(): no newline, torn line.
+            warnings.warn(f"skipped a torn last line: {line[:80]!r}", TornLineWarning, stacklevel=3)
+            return
+        yield line

@@ -12,17 +12,19 @@ import datetime as _dt
 import json
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from .events import Event, read_events
+from .events import Event, complete_lines, parse_line
 
 __all__ = ["MANIFEST_FORMAT_VERSION", "JobState", "StepState", "fold_events"]
 
 MANIFEST_FORMAT_VERSION = 1
+
+_DECODER = json.JSONDecoder()
 
 # A step's status as the views show it.
 PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELLED = (
@@ -75,29 +77,37 @@ class JobState:
     events: int = 0
 
     def apply(self, event: Event) -> None:
+        self._apply(event.type, event.step, event.data, event.ts, event.job_id)
+
+    def _apply(self, kind: str, name: str | None, data: Any, ts: str, job_id: str) -> None:
+        # The fold's hot path: `fold_log` calls it once per line with the decoded fields,
+        # so no `Event` is built and `data` is read, never copied.
         self.events += 1
-        data = dict(event.data or {})
-        kind = event.type
-        if kind == "job.started":
-            self._job_started(event, data)
-            return
-        if kind == "job.finished":
-            self.status = data.get("status", FAILED)
-            self.finished = event.ts
-            self.duration_s = data.get("duration_s")
-            for step in self.steps.values():
-                if step.status == RUNNING:
-                    step.status = CANCELLED
-            return
+        if not isinstance(data, dict):
+            data = dict(data) if isinstance(data, Mapping) else {}
         if kind == "file.written":
             self.files[data["path"]] = data["sha256"]
             return
-        if event.step is None:
+        if kind == "job.started":
+            self._job_started(job_id, ts, data)
             return
-        step = self.steps.setdefault(event.step, StepState())
+        if kind == "job.finished":
+            self.status = data.get("status", FAILED)
+            self.finished = ts
+            self.duration_s = data.get("duration_s")
+            for running in self.steps.values():
+                if running.status == RUNNING:
+                    running.status = CANCELLED
+            return
+        if name is None:
+            return
         if kind == "step.started":
-            self.steps[event.step] = StepState(status=RUNNING, started=event.ts)
-        elif kind == "step.succeeded":
+            self.steps[name] = StepState(status=RUNNING, started=ts)
+            return
+        step = self.steps.get(name)
+        if step is None:
+            step = self.steps[name] = StepState()
+        if kind == "step.succeeded":
             step.status = SUCCEEDED
             step.output_sha256 = data.get("output_sha256")
             step.duration_s = data.get("duration_s")
@@ -121,15 +131,15 @@ class JobState:
         elif kind == "cache.hit":
             step.cached = True
 
-    def _job_started(self, event: Event, data: dict[str, Any]) -> None:
+    def _job_started(self, job_id: str, ts: str, data: dict[str, Any]) -> None:
         self.runs += 1
-        self.job_id = event.job_id
+        self.job_id = job_id
         self.pipeline = data.get("pipeline", self.pipeline)
         self.pipeline_sha256 = data.get("pipeline_sha256", self.pipeline_sha256)
         self.inputs = dict(data.get("inputs", self.inputs))
         self.runner_version = data.get("runner_version", self.runner_version)
         self.status = RUNNING
-        self.started = self.started or event.ts
+        self.started = self.started or ts
         self.finished = None
         same_host = data.get("host") == socket.gethostname()
         self.pid = data.get("pid") if same_host else None
@@ -194,9 +204,50 @@ def fold_events(events: Iterable[Event]) -> JobState:
     return state
 
 
-def fold_log(events_path: str | os.PathLike[str]) -> JobState:
-    """Stream a log into a `JobState` (torn lines skipped)."""
-    return fold_events(read_events(events_path))
+def fold_log(
+    events_path: str | os.PathLike[str], *, families: Collection[str] | None = None
+) -> JobState:
+    """Stream a log into a `JobState`, in constant memory (torn lines skipped, as `read_events`).
+
+    `families` (e.g. `("step", "job")`, what resume needs) folds only the events of
+    those type families: the other lines are passed over without being decoded.
+    """
+    state = JobState()
+    apply = state._apply
+    decode = _DECODER.raw_decode
+    wanted = None if families is None else {family.encode() for family in families}
+    with open(events_path, "rb") as file:
+        for line in complete_lines(file):
+            if wanted is not None:
+                # The writer's compact form shows the type as is; a JSON string escapes its
+                # quotes, so no value can pass for it. The first `"type":"` is the event's
+                # own (it comes before `data`).
+                at = line.find(b'"type":"')
+                if at >= 0 and line[at + 8 : line.find(b".", at + 8)] not in wanted:
+                    continue
+            # The fast path decodes the writer's own lines; anything else (blank, padded,
+            # unreadable) goes through `parse_line`, which also warns about a bad line.
+            try:
+                text = line.decode()
+                record, end = decode(text)
+                if end != len(text) - 1:
+                    raise ValueError("text after the event")
+                # Like `Event.from_dict`: a record without these four keys is not an event.
+                kind, ts, job_id, _ = (
+                    record["type"],
+                    record["ts"],
+                    record["job_id"],
+                    record["level"],
+                )
+            except (ValueError, KeyError, TypeError):
+                if not line.strip():
+                    continue
+                event = parse_line(line)
+                if event is not None:
+                    state.apply(event)
+                continue
+            apply(kind, record.get("step"), record.get("data"), ts, job_id)
+    return state
 
 
 def age(ts: str | None, now: _dt.datetime | None = None) -> str:
