@@ -174,7 +174,8 @@ def _job_states(runs_dir: Path) -> Iterator[JobState]:
     if not runs_dir.is_dir():
         return
     for events in runs_dir.glob("*/events.jsonl"):
-        state = fold_log(events)
+        # Status, start, pipeline and pid all come from job.* events: skip the rest undecoded.
+        state = fold_log(events, families=("job",))
         state.job_id = state.job_id or events.parent.name
         yield state
 

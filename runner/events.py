@@ -53,6 +53,8 @@ EVENT_TYPES: Mapping[str, str] = {
     "breaker.closed": "INFO",
     "cache.hit": "INFO",
     "cache.miss": "INFO",
+    # Not in DESIGN.md's table: the response came back but could not be stored.
+    "cache.error": "WARN",
     "file.written": "INFO",
 }
 
@@ -227,6 +229,9 @@ class EventEmitter:
         return await self.emit(
             "cache.miss", step=step, level="WARN", data={"key": key, "reason": reason}
         )
+
+    async def cache_error(self, step: str, key: str, *, reason: str) -> Event:
+        return await self.emit("cache.error", step=step, data={"key": key, "reason": reason})
 
     async def file_written(
         self, step: str | None, *, path: str, sha256: str, wrote: bool, reason: str

@@ -37,8 +37,11 @@ class Progress:
     def begin(self, job_id: str, run_dir: Path, *, resumed: set[str], changed: set[str]) -> None:
         self._print(f"job {job_id} -> {run_dir}")
         if changed:
+            # The changed steps, then everything that runs again with them.
+            again = [name for name in self.status if name not in resumed]
             self._print(
-                f"pipeline changed since the job started: re-running {', '.join(sorted(changed))}"
+                f"pipeline changed since the job started: {', '.join(sorted(changed))};"
+                f" running again: {', '.join(again)}"
             )
         if resumed:
             self._print(f"resuming: {len(resumed)} completed step(s) will not run again")

@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from .cache import CorruptCacheEntry, compute_cache_key
-from .errors import ProviderError, RunnerError
+from .errors import ProviderError, RunnerError, StorageError
 from .fences import parse_file_blocks
 from .filestore import WriteResult, check_relpath
 from .pipeline import STREAM_ABOVE_MAX_TOKENS, Step, render
@@ -200,7 +200,11 @@ async def _call_llm(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
             await sup.emitter.cache_miss(step.name, key)
     response, attempts = await sup.call(provider, request, step)
     if cache is not None and key is not None:
-        cache.put(key, response)
+        try:
+            cache.put(key, response)
+        except StorageError as exc:
+            # The answer is in hand: failing to keep a copy must not fail the step.
+            await sup.emitter.cache_error(step.name, key, reason=str(exc))
     return response.text, attempts, False
 
 

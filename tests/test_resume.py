@@ -238,7 +238,7 @@ def test_changed_pipeline_reruns_the_changed_step_and_its_dependents(
     )
 
     assert (0, "") == (code, err)
-    assert "pipeline changed since the job started: re-running b" in out.splitlines()
+    assert "pipeline changed since the job started: b; running again: b, c" in out.splitlines()
     resumed = _runs(runs_dir / "j")[-1]
     assert {"a"} == _steps_with(resumed, "step.skipped", reason="resumed")
     assert {"b", "c"} == _steps_with(resumed, "step.started")

@@ -67,6 +67,8 @@ __all__ = [
 
 _E = TypeVar("_E", bound=ProviderError)
 
+# json pairs up valid surrogate escapes, so any surrogate left in a str is half a pair.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Codes that mean "this will fail the same way next time", whatever the status.
 _PERMANENT_CODES = frozenset({"insufficient_quota", "context_length_exceeded", "billing_error"})
 # A 429 that is about money, not speed: waiting a few seconds will not help.
@@ -334,8 +336,11 @@ class HTTPProvider(abc.ABC):
 
     def _finish(self, response: httpx.Response, draft: Draft) -> LLMResponse:
         header = self.request_id_header
+        # JSON may carry half a surrogate pair (a model cut mid-emoji): such a str cannot be
+        # encoded to UTF-8 for the output file or the cache, so it becomes U+FFFD here.
+        text = _LONE_SURROGATE.sub("\ufffd", "".join(draft.parts))
         return LLMResponse(
-            text="".join(draft.parts),
+            text=text,
             model=draft.model,
             input_tokens=draft.input_tokens,
             output_tokens=draft.output_tokens,
