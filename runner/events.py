@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -58,7 +59,9 @@ EVENT_TYPES: Mapping[str, str] = {
     "file.written": "INFO",
 }
 
-# Events after which the writer makes the log durable (fsync) before going on.
+# How often, at most, the writer fsyncs (RUNNER_FSYNC=batch); the job's end always is.
+_FSYNC_INTERVAL_S = 0.05
+# Events after which the writer makes the log durable (fsync).
 _DURABLE_POINTS = frozenset({"step.succeeded", "step.failed", "step.skipped", "job.finished"})
 
 
@@ -308,12 +311,16 @@ class EventWriter:
             self.done.set()
 
     async def _loop(self, fd: int, receive_channel: trio.MemoryReceiveChannel[Event]) -> None:
+        sync_due: float | None = None  # when the pending fsync must happen, if one is pending
+        last_sync = -math.inf
         while True:
             try:
-                batch = [await receive_channel.receive()]
+                batch = await _next_events(receive_channel, sync_due)
             except trio.EndOfChannel:
+                if sync_due is not None:
+                    await trio.to_thread.run_sync(self._sync, fd)
                 return
-            # Drain what is already queued: one batch, at most one fsync.
+            # Drain what is already queued: one batch.
             while True:
                 try:
                     batch.append(receive_channel.receive_nowait())
@@ -331,20 +338,39 @@ class EventWriter:
                 for waiter in [w for w in self._waiters if w[0] <= self.events_written]:
                     self._waiters.remove(waiter)
                     waiter[1].set()
-            if durable and self._fsync:
+            if durable and self._fsync and sync_due is None:
+                # Durable within _FSYNC_INTERVAL_S of a step end: one thread hop per
+                # interval, however many steps end in it (a hop costs more than the fsync).
+                sync_due = max(trio.current_time(), last_sync + _FSYNC_INTERVAL_S)
+            if sync_due is not None and sync_due <= trio.current_time():
                 await trio.to_thread.run_sync(self._sync, fd)
-            for subscriber in list(self._subscribers):
-                for event in batch:
-                    try:
-                        await subscriber.send(event)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self._subscribers.remove(subscriber)
-                        break
+                last_sync, sync_due = trio.current_time(), None
+            await self._fan_out(batch)
+
+    async def _fan_out(self, batch: list[Event]) -> None:
+        for subscriber in list(self._subscribers):
+            for event in batch:
+                try:
+                    await subscriber.send(event)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._subscribers.remove(subscriber)
+                    break
 
     def _sync(self, fd: int) -> None:
         os.fsync(fd)
         if self._dirty is not None:
             self._dirty.sync()
+
+
+async def _next_events(
+    receive_channel: trio.MemoryReceiveChannel[Event], sync_due: float | None
+) -> list[Event]:
+    # The next event; with an fsync pending, nothing once it is due.
+    if sync_due is None:
+        return [await receive_channel.receive()]
+    with trio.move_on_after(max(0.0, sync_due - trio.current_time())):
+        return [await receive_channel.receive()]
+    return []
 
 
 def open_log(path: Path) -> int:

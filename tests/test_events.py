@@ -166,3 +166,32 @@ class _no_warning:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+async def test_fsyncs_are_rate_limited_and_the_last_event_is_always_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced_at: list[int] = []  # events written when each fsync ran
+    writer = EventWriter(tmp_path / "events.jsonl", fsync=True)
+    original = EventWriter._sync
+
+    def counting(self: EventWriter, fd: int) -> None:
+        synced_at.append(self.events_written)
+        original(self, fd)
+
+    monkeypatch.setattr(EventWriter, "_sync", counting)
+    send_channel, receive_channel = trio.open_memory_channel[Event](4)
+    emitter = EventEmitter("job-1", send_channel)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run, receive_channel)
+        start = trio.current_time()
+        for i in range(200):
+            await emitter.step_succeeded(f"s{i}")  # a durable point each
+            await trio.lowlevel.checkpoint()  # separate batches
+        elapsed = trio.current_time() - start
+        await emitter.job_finished("succeeded")
+        await emitter.aclose()
+    # One hop per 50 ms window at most, not one per step end...
+    assert len(synced_at) <= 2 + elapsed / 0.05
+    # ...and whatever the timing, the log is durable up to its last event.
+    assert 201 == synced_at[-1]
