@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
+import orjson
 import trio
 
 from .errors import RunnerError
@@ -65,8 +66,21 @@ _FSYNC_INTERVAL_S = 0.05
 _DURABLE_POINTS = frozenset({"step.succeeded", "step.failed", "step.skipped", "job.finished"})
 
 
-# Built once: json.dumps() with options builds a new encoder on every call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# orjson writes the same compact UTF-8 JSON as json's encoder, ~5x faster. It refuses
+# a str holding a lone surrogate; the stdlib then escapes it (ASCII, still valid JSON).
+_FALLBACK = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(record)
+    except TypeError:
+        return _FALLBACK.encode(record).encode()
+
+
+def decode_record(line: bytes) -> Any:
+    """One JSON document (a log line); raises `ValueError` when it is not one."""
+    return orjson.loads(line)
 
 
 class TornLineWarning(UserWarning):
@@ -94,7 +108,7 @@ class Event:
     step: str | None = None
     data: Mapping[str, Any] | None = None
 
-    def to_json(self) -> str:
+    def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {
             "ts": self.ts,
             "level": self.level,
@@ -105,7 +119,14 @@ class Event:
             record["step"] = self.step
         if self.data is not None:
             record["data"] = self.data
-        return _ENCODER.encode(record)
+        return record
+
+    def to_json(self) -> str:
+        return encode_record(self.to_record()).decode()
+
+    def to_line(self) -> bytes:
+        """The event as written to the log: compact JSON and a newline."""
+        return encode_record(self.to_record()) + b"\n"
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> Event:
@@ -329,7 +350,7 @@ class EventWriter:
             durable = False
             for event in batch:
                 # One write() per complete line: a crash tears at most the last one.
-                os.write(fd, (event.to_json() + "\n").encode())
+                os.write(fd, event.to_line())
                 durable = durable or event.type in _DURABLE_POINTS
                 if self._on_event is not None:
                     self._on_event(event)
@@ -408,7 +429,7 @@ def _cut_torn_tail(fd: int) -> None:
 def parse_line(line: bytes) -> Event | None:
     """Parse one complete log line; None (with a warning) when it is not a valid event."""
     try:
-        record = json.loads(line)
+        record = decode_record(line)
         return Event.from_dict(record)
     except (ValueError, KeyError, TypeError):
         warnings.warn(

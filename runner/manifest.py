@@ -18,13 +18,12 @@ from typing import Any
 
 import attrs
 
-from .events import Event, complete_lines, parse_line
+from .events import Event, complete_lines, decode_record, parse_line
 
 __all__ = ["MANIFEST_FORMAT_VERSION", "JobState", "StepState", "fold_events"]
 
 MANIFEST_FORMAT_VERSION = 1
 
-_DECODER = json.JSONDecoder()
 
 # A step's status as the views show it.
 PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELLED = (
@@ -214,7 +213,6 @@ def fold_log(
     """
     state = JobState()
     apply = state._apply
-    decode = _DECODER.raw_decode
     wanted = None if families is None else {family.encode() for family in families}
     with open(events_path, "rb") as file:
         for line in complete_lines(file):
@@ -228,10 +226,7 @@ def fold_log(
             # The fast path decodes the writer's own lines; anything else (blank, padded,
             # unreadable) goes through `parse_line`, which also warns about a bad line.
             try:
-                text = line.decode()
-                record, end = decode(text)
-                if end != len(text) - 1:
-                    raise ValueError("text after the event")
+                record = decode_record(line)
                 # Like `Event.from_dict`: a record without these four keys is not an event.
                 kind, ts, job_id, _ = (
                     record["type"],

@@ -195,3 +195,14 @@ async def test_fsyncs_are_rate_limited_and_the_last_event_is_always_synced(
     assert len(synced_at) <= 2 + elapsed / 0.05
     # ...and whatever the timing, the log is durable up to its last event.
     assert 201 == synced_at[-1]
+
+
+def test_an_event_holding_half_a_surrogate_pair_is_still_one_valid_line(tmp_path: Path) -> None:
+    event = make_event("j", "step.failed", step="a", data={"message": "cut mid-emoji \ud83d"})
+    line = event.to_line()
+    assert line.endswith(b"\n")
+    assert 1 == line.count(b"\n")
+    line.decode("utf-8")  # valid UTF-8: the surrogate is escaped, not written raw
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(line)
+    assert [event] == list(read_events(path))
