@@ -80,7 +80,11 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
 
 def decode_record(line: bytes) -> Any:
     """One JSON document (a log line); raises `ValueError` when it is not one."""
-    return orjson.loads(line)
+    try:
+        return orjson.loads(line)
+    except ValueError:
+        # orjson also refuses an escaped lone surrogate, which json reads (and we write).
+        return json.loads(line)
 
 
 class TornLineWarning(UserWarning):
