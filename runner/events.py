@@ -215,8 +215,10 @@ class EventEmitter:
     async def step_succeeded(self, step: str, **data: Any) -> Event:
         return await self.emit("step.succeeded", step=step, data=data)
 
-    async def step_failed(self, step: str, *, error: str, message: str, attempts: int) -> Event:
-        data = {"error": error, "message": message, "attempts": attempts}
+    async def step_failed(
+        self, step: str, *, error: str, message: str, attempts: int, **data: Any
+    ) -> Event:
+        data = {"error": error, "message": message, "attempts": attempts, **data}
         return await self.emit("step.failed", step=step, data=data)
 
     async def step_skipped(self, step: str, reason: str, **data: Any) -> Event:

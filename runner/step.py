@@ -74,41 +74,58 @@ async def run_step(
     dependents: list[trio.MemorySendChannel[Handoff]],
 ) -> None:
     """The task body of one step (the supervisor starts one per step)."""
+    try:
+        handoff = await _run(sup, step, inbox)
+        for send_channel in dependents:
+            await send_channel.send(handoff)
+    finally:
+        # However this step ends, its dependents must not wait on it forever.
+        for send_channel in dependents:
+            send_channel.close()
+
+
+async def _run(sup: Supervisor, step: Step, inbox: trio.MemoryReceiveChannel[Handoff]) -> Handoff:
+    name = step.name
+    failed_upstream = []
     async with inbox:
-        failed_upstream = []
         for _ in step.needs:
             try:
                 handoff = await inbox.receive()
             except trio.EndOfChannel:
-                return  # an upstream was cancelled: so are we
+                # An upstream ended without a word: it raised, so the job is being torn
+                # down and its cancellation is on its way here. Add no error of our own.
+                await trio.sleep_forever()
             if handoff.ok:
                 sup.outputs[handoff.step] = handoff.output
             else:
                 failed_upstream.append(handoff.step)
-    name = step.name
     if failed_upstream:
         await sup.emitter.step_skipped(name, "upstream_failed", upstream=sorted(failed_upstream))
-        await _hand_on(dependents, Handoff(name, ok=False))
-        return
+        return Handoff(name, ok=False)
     stored = sup.stored_output(name) if name in sup.completed else None
     if stored is not None:
         await sup.emitter.step_skipped(name, "resumed", output_sha256=_sha256(stored))
         sup.outputs[name] = stored
-        await _hand_on(dependents, Handoff(name, ok=True, output=stored))
-        return
+        return Handoff(name, ok=True, output=stored)
     async with sup.step_limiter:
         await sup.emitter.step_started(name)
         started = trio.current_time()
         try:
             output, attempts, cached = await _execute(sup, sup.pipeline.resolved(step))
-            output_sha256 = (await sup.write_output(name, output))["sha256"]
+            try:
+                output_sha256 = (await sup.write_output(name, output))["sha256"]
+            except (RunnerError, UnicodeError) as exc:
+                raise _StepFailed(type(exc).__name__, str(exc), attempts) from None
         except _StepFailed as failure:
             await sup.emitter.step_failed(
-                name, error=failure.error, message=failure.message, attempts=failure.attempts
+                name,
+                error=failure.error,
+                message=failure.message,
+                attempts=failure.attempts,
+                duration_s=round(trio.current_time() - started, 6),
             )
             sup.step_failed(name)
-            await _hand_on(dependents, Handoff(name, ok=False))
-            return
+            return Handoff(name, ok=False)
         sup.outputs[name] = output
         await sup.emitter.step_succeeded(
             name,
@@ -117,13 +134,7 @@ async def run_step(
             cached=cached,
             attempts=attempts,
         )
-    await _hand_on(dependents, Handoff(name, ok=True, output=output))
-
-
-async def _hand_on(dependents: list[trio.MemorySendChannel[Handoff]], handoff: Handoff) -> None:
-    for send_channel in dependents:
-        async with send_channel:
-            await send_channel.send(handoff)
+    return Handoff(name, ok=True, output=output)
 
 
 async def _execute(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
