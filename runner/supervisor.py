@@ -267,7 +267,9 @@ class Supervisor:
 
     async def _finish(self, status: str, duration_s: float) -> None:
         for provider in self._providers.values():
-            await provider.aclose()
+            # A client that fails to close must not keep the job from recording its end.
+            with contextlib.suppress(Exception):
+                await provider.aclose()
         await self.writer.wait_written(self.emitter.sent)
         counts = self.state.step_counts()
         if status != SUCCEEDED:
