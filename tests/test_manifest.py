@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import trio
 from helpers import fake_pipeline
 
 from runner import Settings, Step, open_job, run_dag
@@ -52,11 +53,13 @@ async def test_manifest_is_rewritten_coalesced_not_per_event(
 
     monkeypatch.setattr(Supervisor, "_write_manifest", counting)
     pipeline = fake_pipeline([Step(f"s{i}", prompt=str(i)) for i in range(300)])
+    start = trio.current_time()
     async with open_job(pipeline, runs_dir=runs_dir, settings=Settings(fsync="never")) as job:
         transitions = sum([1 async for e in job.events() if e.type.startswith("step.")])
+    elapsed = trio.current_time() - start
     assert 600 == transitions
-    # One rewrite per ~100 ms at most while running, plus the final one: far fewer than transitions.
-    assert writes < 60
+    # One rewrite per ~100 ms at most while running, plus the final one: not one per transition.
+    assert writes <= 2 + elapsed / 0.1
 
 
 def test_fold_marks_an_interrupted_step_cancelled_when_the_job_restarts() -> None:
