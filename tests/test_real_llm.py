@@ -67,31 +67,23 @@ def anthropic_settings(server_url: str, api_key: str = API_KEY) -> Settings:
     return Settings(anthropic_base_url=server_url, anthropic_api_key=api_key, provider_timeout_s=60)
 
 
+PROVIDERS = {
+    "openai": (OpenAIProvider, openai_settings, OPENAI_FINISH),
+    "anthropic": (AnthropicProvider, anthropic_settings, ANTHROPIC_FINISH),
+}
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-async def test_openai_provider_completes(server_url: str, stream: bool) -> None:
-    provider = OpenAIProvider(openai_settings(server_url))
+@pytest.mark.parametrize("name", sorted(PROVIDERS))
+async def test_provider_completes(server_url: str, name: str, stream: bool) -> None:
+    cls, settings, finish_reasons = PROVIDERS[name]
+    provider = cls(settings(server_url))
     try:
         response = await provider.complete(request(stream=stream))
     finally:
         await provider.aclose()
     assert response.text.strip() != ""
-    assert response.finish_reason in OPENAI_FINISH
-    assert response.input_tokens is not None
-    assert response.input_tokens > 0
-    assert response.output_tokens is not None
-    assert 0 < response.output_tokens <= MAX_TOKENS
-    assert (200, MODEL) == (response.status, response.model)
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-async def test_anthropic_provider_completes(server_url: str, stream: bool) -> None:
-    provider = AnthropicProvider(anthropic_settings(server_url))
-    try:
-        response = await provider.complete(request(stream=stream))
-    finally:
-        await provider.aclose()
-    assert response.text.strip() != ""
-    assert response.finish_reason in ANTHROPIC_FINISH
+    assert response.finish_reason in finish_reasons
     assert response.input_tokens is not None
     assert response.input_tokens > 0
     assert response.output_tokens is not None
