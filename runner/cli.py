@@ -282,7 +282,7 @@ def tail(
     """Print JOB_ID's events from the start; with -f, follow the log live."""
     runs = _runs_dir(runs_dir)
     path = runs / job_id / "events.jsonl"
-    if not follow:
+    if not follow or "/" in job_id or job_id in (".", ".."):
         path = _events_path(runs, job_id)
     minimum = level.upper() if level else None
 
@@ -309,30 +309,40 @@ def _read(path: Path) -> Iterator[Event]:
 
 
 def _follow(path: Path, poll_s: float = 0.02) -> Iterator[Event]:
-    """Yield events as complete lines arrive; hold back a partial line; end after job.finished."""
+    """Yield events as complete lines arrive; end after job.finished at the log's end.
+
+    A partial line is never held in memory: `offset` is where the first unconsumed byte
+    is, and each poll reads again from there. So when a resumed job cuts off a line its
+    crash tore and appends over it, we read the new bytes, never the torn ones glued to
+    them.
+    """
     while not path.exists():
         time.sleep(poll_s)
     with open(path, "rb") as file:
-        pending = b""
+        offset = 0
         finished = False
         while True:
-            chunk = file.read(1 << 16)
-            if not chunk:
-                if finished and not pending:
-                    return
-                time.sleep(poll_s)
-                continue
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if not line.strip():
-                    continue
-                event = parse_line(line)
-                if event is None:
-                    continue
-                # A resumed job appends a new run after job.finished: only stop at the log's end.
-                finished = event.type == "job.finished"
-                yield event
+            file.seek(offset)
+            consumed = 0
+            buffer = b""
+            while chunk := file.read(1 << 16):
+                buffer += chunk
+                cut = buffer.rfind(b"\n")
+                if cut < 0:
+                    continue  # a line longer than a chunk: keep reading
+                for line in buffer[:cut].split(b"\n"):
+                    event = parse_line(line) if line.strip() else None
+                    if event is not None:
+                        # A resumed job appends a new run after job.finished: stop only
+                        # when job.finished is the last complete line.
+                        finished = event.type == "job.finished"
+                        yield event
+                consumed += cut + 1
+                buffer = buffer[cut + 1 :]
+            offset += consumed
+            if finished and not buffer:
+                return
+            time.sleep(poll_s)
 
 
 def _warning_line(

@@ -270,3 +270,35 @@ def test_tail_follow_never_prints_half_a_line(tmp_path: Path) -> None:
         file.write(last[40:])
     out, _ = follower.communicate(timeout=20)
     assert (0, last) == (follower.returncode, out)
+
+
+def test_tail_follow_after_a_crash_prints_the_resumed_lines_not_the_torn_one(
+    tmp_path: Path,
+) -> None:
+    from runner.events import _cut_torn_tail, make_event
+
+    run_dir = tmp_path / "runs" / "j"
+    run_dir.mkdir(parents=True)
+    log = run_dir / "events.jsonl"
+    first = make_event("j", "job.started").to_line()
+    log.write_bytes(first + b'{"ts":"torn-by-a-crash","level":"INF')
+    follower = _spawn("tail", "j", "-f", "--json", cwd=tmp_path)
+    assert first.decode() == follower.stdout.readline()  # type: ignore[union-attr]
+    # What a resume does: cut the torn line off, then append where it was.
+    resumed = [make_event("j", "job.started", data={"resume": True}).to_line()]
+    resumed.append(make_event("j", "job.finished", data={"status": "succeeded"}).to_line())
+    fd = os.open(log, os.O_RDWR | os.O_APPEND)
+    try:
+        _cut_torn_tail(fd)
+        for line in resumed:
+            os.write(fd, line)
+    finally:
+        os.close(fd)
+    out, _ = follower.communicate(timeout=20)
+    assert (0, b"".join(resumed).decode()) == (follower.returncode, out)
+
+
+def test_tail_follow_refuses_a_job_id_that_is_a_path(runs_dir: Path) -> None:
+    code, _, err = invoke("tail", "../elsewhere", "-f", "--runs-dir", str(runs_dir))
+    assert 2 == code
+    assert err.startswith("runner: job '../elsewhere' not found")
