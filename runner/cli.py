@@ -190,11 +190,12 @@ def show(job_id: str, runs_dir: Path | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(_show_document(state), indent=2, sort_keys=True))
         return
-    click.echo(f"job {state.job_id}  pipeline {state.pipeline}  status {state.display_status()}")
+    job_status = state.display_status()
+    click.echo(f"job {state.job_id}  pipeline {state.pipeline}  status {job_status}")
     rows = [("STEP", "STATUS", "ATTEMPTS", "DURATION", "TOKENS IN/OUT", "NOTE")]
     for name, step in state.steps.items():
         status = (
-            step.status
+            state.display_step_status(step, job_status)
             + (" (resumed)" if step.resumed else "")
             + (" (cached)" if step.cached else "")
         )
@@ -220,17 +221,18 @@ def _num(value: int | None) -> str:
 
 
 def _show_document(state: JobState) -> dict[str, Any]:
+    job_status = state.display_status()
     return {
         "job_id": state.job_id,
         "pipeline": state.pipeline,
-        "status": state.display_status(),
+        "status": job_status,
         "started": state.started,
         "finished": state.finished,
         "duration_s": state.duration_s,
         "runs": state.runs,
         "steps": {
             name: {
-                "status": step.status,
+                "status": state.display_step_status(step, job_status),
                 "attempts": step.attempts,
                 "duration_s": step.duration_s,
                 "input_tokens": step.input_tokens,

@@ -189,6 +189,12 @@ class JobState:
             return "interrupted"
         return self.status
 
+    def display_step_status(self, step: StepState, job_status: str) -> str:
+        """A step's status word; one `running` in an interrupted job reads `interrupted`."""
+        if step.status == RUNNING and job_status == "interrupted":
+            return "interrupted"
+        return step.status
+
     def step_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for step in self.steps.values():

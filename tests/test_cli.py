@@ -302,3 +302,29 @@ def test_tail_follow_refuses_a_job_id_that_is_a_path(runs_dir: Path) -> None:
     code, _, err = invoke("tail", "../elsewhere", "-f", "--runs-dir", str(runs_dir))
     assert 2 == code
     assert err.startswith("runner: job '../elsewhere' not found")
+
+
+def test_a_job_whose_process_died_reads_interrupted(runs_dir: Path) -> None:
+    import socket
+
+    from runner.events import make_event
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    run_dir = runs_dir / "dead"
+    run_dir.mkdir(parents=True)
+    started = {"pipeline": "p", "steps": ["a", "b"], "pid": gone.pid, "host": socket.gethostname()}
+    lines = [
+        make_event("dead", "job.started", data=started),
+        make_event("dead", "step.started", step="a"),
+    ]
+    (run_dir / "events.jsonl").write_bytes(b"".join(e.to_line() for e in lines))
+    _, out, _ = invoke("list", "--runs-dir", str(runs_dir))
+    assert ["dead", "interrupted"] == out.split()[:2]
+    _, out, _ = invoke("show", "dead", "--runs-dir", str(runs_dir), "--json")
+    document = json.loads(out)
+    assert ("interrupted", "interrupted", "pending") == (
+        document["status"],
+        document["steps"]["a"]["status"],
+        document["steps"]["b"]["status"],
+    )
