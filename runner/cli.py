@@ -310,6 +310,9 @@ def _read(path: Path) -> Iterator[Event]:
     yield from read_events(path)
 
 
+_CHUNK = 1 << 16
+
+
 def _follow(path: Path, poll_s: float = 0.02) -> Iterator[Event]:
     """Yield events as complete lines arrive; end after job.finished at the log's end.
 
@@ -320,27 +323,33 @@ def _follow(path: Path, poll_s: float = 0.02) -> Iterator[Event]:
     """
     while not path.exists():
         time.sleep(poll_s)
-    with open(path, "rb") as file:
+    # Unbuffered: a buffered reader's seek() back into its buffer would serve stale bytes.
+    with open(path, "rb", buffering=0) as file:
         offset = 0
         finished = False
         while True:
             file.seek(offset)
             consumed = 0
             buffer = b""
-            while chunk := file.read(1 << 16):
+            while True:
+                chunk = file.read(_CHUNK)
                 buffer += chunk
                 cut = buffer.rfind(b"\n")
-                if cut < 0:
-                    continue  # a line longer than a chunk: keep reading
-                for line in buffer[:cut].split(b"\n"):
-                    event = parse_line(line) if line.strip() else None
-                    if event is not None:
-                        # A resumed job appends a new run after job.finished: stop only
-                        # when job.finished is the last complete line.
-                        finished = event.type == "job.finished"
-                        yield event
-                consumed += cut + 1
-                buffer = buffer[cut + 1 :]
+                if cut >= 0:
+                    for line in buffer[:cut].split(b"\n"):
+                        event = parse_line(line) if line.strip() else None
+                        if event is not None:
+                            # A resumed job appends a new run after job.finished: stop
+                            # only when job.finished is the last complete line.
+                            finished = event.type == "job.finished"
+                            yield event
+                    consumed += cut + 1
+                    buffer = buffer[cut + 1 :]
+                if len(chunk) < _CHUNK:
+                    # The end of the file for now. A partial line left in `buffer` is read
+                    # again next time, from its start, never glued to bytes that may
+                    # replace it meanwhile (a resume cuts a torn line off).
+                    break
             offset += consumed
             if finished and not buffer:
                 return
