@@ -13,7 +13,6 @@ import json
 import os
 import socket
 from collections.abc import Collection, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -271,7 +270,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def manifest_path(run_dir: Path) -> Path:
-    return run_dir / "manifest.json"

@@ -44,10 +44,8 @@ class FakeProvider:
         self.replies: Mapping[str, str] = config.get("replies", {})
         self.errors: Mapping[str, str] = config.get("errors", {})
         self.latency_s = float(config.get("latency_s", 0.0))
-        self.calls = 0
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        self.calls += 1
         if self.latency_s:
             await trio.sleep(self.latency_s)
         else:
