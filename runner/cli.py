@@ -19,7 +19,7 @@ import trio
 
 from ._version import __version__
 from .config import Settings
-from .dag import open_job
+from .dag import is_valid_job_id, open_job
 from .errors import ConfigError, JobError, PipelineError, RunnerError
 from .events import Event, level_at_least, parse_line
 from .manifest import JobState, age, fold_log
@@ -57,7 +57,7 @@ def _runs_dir(value: Path | None) -> Path:
 
 def _events_path(runs_dir: Path, job_id: str) -> Path:
     path = runs_dir / job_id / "events.jsonl"
-    if "/" in job_id or not path.is_file():
+    if not is_valid_job_id(job_id) or not path.is_file():
         _fail(f"job {job_id!r} not found in {runs_dir}")
     return path
 
@@ -284,7 +284,7 @@ def tail(
     """Print JOB_ID's events from the start; with -f, follow the log live."""
     runs = _runs_dir(runs_dir)
     path = runs / job_id / "events.jsonl"
-    if not follow or "/" in job_id or job_id in (".", ".."):
+    if not follow or not is_valid_job_id(job_id):
         path = _events_path(runs, job_id)
     minimum = level.upper() if level else None
 

@@ -261,8 +261,13 @@ def _remove_temp_files(run_dir: Path) -> None:
                 path.unlink()
 
 
+def is_valid_job_id(job_id: str) -> bool:
+    """A job id names one directory under the runs dir: no path separators, NUL, `.`, `..`."""
+    return bool(job_id) and job_id not in (".", "..") and not any(c in job_id for c in "/\\\0")
+
+
 def _check_job_id(job_id: str) -> None:
-    if not job_id or job_id in (".", "..") or "/" in job_id or "\\" in job_id or "\0" in job_id:
+    if not is_valid_job_id(job_id):
         raise JobError(f"invalid job id {job_id!r} (letters, digits, '-', '_', '.')")
 
 
