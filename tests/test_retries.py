@@ -292,7 +292,8 @@ async def test_half_open_reopens_after_a_bad_probe(runs_dir: Path) -> None:
     assert {"provider": "openai", "failures": 2} == reopened.data
 
 
-async def test_max_concurrency_caps_requests_in_flight(runs_dir: Path) -> None:
+async def _most_in_flight(runs_dir: Path, **providers_config: object) -> tuple[int, Path]:
+    """Six parallel steps answered after 0.2 s: the most requests the server held at once."""
     replied = 0
     in_flight_at_reply: list[int] = []
 
@@ -307,47 +308,33 @@ async def test_max_concurrency_caps_requests_in_flight(runs_dir: Path) -> None:
     async with open_fake_llm_server(reply=reply) as server:
         server.script(*[Reply(delay_s=0.2)] * 6)
         result = await run_dag(
-            openai_pipeline(*parallel(6), max_concurrency=2),
+            openai_pipeline(*parallel(6), **providers_config),
             runs_dir=runs_dir,
             settings=settings_for(server, provider_timeout_s=5.0),
         )
-
     assert "succeeded" == result.status
     assert 6 == len(server.requests)
-    assert 2 == max(in_flight_at_reply)
-    log = events(result.run_dir)
-    calls = 0
-    most = 0
-    for e in log:
+    return max(in_flight_at_reply), result.run_dir
+
+
+async def test_max_concurrency_caps_requests_in_flight(runs_dir: Path) -> None:
+    most, run_dir = await _most_in_flight(runs_dir, max_concurrency=2)
+    assert 2 == most
+    # The log agrees: never more than two requests without their response.
+    calls = peak = 0
+    for e in events(run_dir):
         if e.type == "llm.request":
             calls += 1
-            most = max(most, calls)
+            peak = max(peak, calls)
         elif e.type == "llm.response":
             calls -= 1
-    assert 2 == most
+    assert 2 == peak
 
 
 async def test_max_concurrency_unset_lets_every_step_go(runs_dir: Path) -> None:
     # The control for the test above: the same steps, no limit.
-    replied = 0
-    in_flight_at_reply: list[int] = []
-
-    def reply(request) -> str:
-        nonlocal replied
-        in_flight_at_reply.append(len(server.requests) - replied)
-        replied += 1
-        return "ok"
-
-    async with open_fake_llm_server(reply=reply) as server:
-        server.script(*[Reply(delay_s=0.2)] * 6)
-        result = await run_dag(
-            openai_pipeline(*parallel(6)),
-            runs_dir=runs_dir,
-            settings=settings_for(server, provider_timeout_s=5.0),
-        )
-
-    assert "succeeded" == result.status
-    assert 6 == max(in_flight_at_reply)
+    most, _ = await _most_in_flight(runs_dir)
+    assert 6 == most
 
 
 async def test_timeout_without_retries_fails_the_step_saying_timed_out(runs_dir: Path) -> None:
