@@ -93,9 +93,8 @@ class JobState:
             self.status = data.get("status", FAILED)
             self.finished = ts
             self.duration_s = data.get("duration_s")
-            for running in self.steps.values():
-                if running.status == RUNNING:
-                    running.status = CANCELLED
+            for each in self.steps.values():
+                each.status = _ended(each.status)
             return
         if name is None:
             return
@@ -194,11 +193,18 @@ class JobState:
             return "interrupted"
         return step.status
 
-    def step_counts(self) -> dict[str, int]:
+    def step_counts(self, *, at_end: bool = False) -> dict[str, int]:
+        """Steps by status; `at_end` counts them as `job.finished` will leave them."""
         counts: dict[str, int] = {}
         for step in self.steps.values():
-            counts[step.status] = counts.get(step.status, 0) + 1
+            status = _ended(step.status) if at_end else step.status
+            counts[status] = counts.get(status, 0) + 1
         return counts
+
+
+def _ended(status: str) -> str:
+    # A step still running when its job ends was cut short.
+    return CANCELLED if status == RUNNING else status
 
 
 def fold_events(events: Iterable[Event]) -> JobState:

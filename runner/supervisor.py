@@ -271,12 +271,7 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await provider.aclose()
         await self.writer.wait_written(self.emitter.sent)
-        counts = self.state.step_counts()
-        if status != SUCCEEDED:
-            # Steps still running when the job stopped count as cancelled.
-            counts[CANCELLED] = counts.pop("running", 0) + counts.get(CANCELLED, 0)
-            if not counts[CANCELLED]:
-                del counts[CANCELLED]
+        counts = self.state.step_counts(at_end=True)
         await self.emitter.job_finished(status, duration_s=round(duration_s, 6), steps=counts)
         await self.emitter.aclose()
         await self.writer.done.wait()
