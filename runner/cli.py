@@ -21,7 +21,7 @@ from ._version import __version__
 from .config import Settings
 from .dag import is_valid_job_id, open_job
 from .errors import ConfigError, JobError, PipelineError, RunnerError
-from .events import Event, level_at_least, parse_line
+from .events import Event, level_at_least, parse_line, read_events
 from .manifest import JobState, age, fold_log
 from .pipeline import Pipeline, load_pipeline
 from .progress import Progress, format_event
@@ -296,18 +296,12 @@ def tail(
         )
 
     try:
-        for event in _follow(path) if follow else _read(path):
+        for event in _follow(path) if follow else read_events(path):
             if wanted(event):
                 click.echo(event.to_json() if as_json else format_event(event))
                 sys.stdout.flush()
     except KeyboardInterrupt:
         sys.exit(EXIT_CANCELLED)
-
-
-def _read(path: Path) -> Iterator[Event]:
-    from .events import read_events
-
-    yield from read_events(path)
 
 
 _CHUNK = 1 << 16
