@@ -91,6 +91,12 @@ class Cache:
             raise CorruptCacheEntry(f"corrupt: {exc}") from None
 
     def put(self, key: str, response: LLMResponse) -> None:
+        """Store `response` under `key` (atomically); `StorageError` if it cannot."""
+        relpath, data = self.entry(key, response)
+        write_atomic(self.root, relpath, data, fsync=self._fsync, dirty=self._dirty)
+
+    def entry(self, key: str, response: LLMResponse) -> tuple[str, bytes]:
+        """Where the entry for `key` goes under `root`, and its bytes (what `put` writes)."""
         record = {"format": _ENTRY_FORMAT, "key": key, "response": attrs.asdict(response)}
         data = json.dumps(record, sort_keys=True, ensure_ascii=False).encode()
-        write_atomic(self.root, self._relpath(key), data, fsync=self._fsync, dirty=self._dirty)
+        return self._relpath(key), data

@@ -16,7 +16,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import attrs
 import orjson
@@ -166,6 +166,21 @@ def make_event(
     return Event(ts or utc_now_iso(), level, job_id, type, step, data)
 
 
+class Deferred(Protocol):
+    """Events decided later, written in their place in the log once `ready()`.
+
+    The writer writes nothing past a deferred item until it is ready (it awaits
+    `wait()`), then writes `events()`. A step's end is one: its `step.succeeded`
+    waits for the step's background writes, and becomes `step.failed` if they fail.
+    """
+
+    def ready(self) -> bool: ...
+
+    async def wait(self) -> None: ...
+
+    def events(self) -> list[Event]: ...
+
+
 class EventEmitter:
     """The only way to write an event. Cheap to share between tasks.
 
@@ -173,11 +188,17 @@ class EventEmitter:
     channel, so a slow disk applies back-pressure instead of growing memory.
     """
 
-    def __init__(self, job_id: str, send_channel: trio.MemorySendChannel[Event]) -> None:
+    def __init__(self, job_id: str, send_channel: trio.MemorySendChannel[Event | Deferred]) -> None:
         self.job_id = job_id
         self._send_channel = send_channel
-        #: Events sent so far; `EventWriter.wait_written(emitter.sent)` waits for all of them.
+        #: Items sent so far; `EventWriter.wait_written(emitter.sent)` waits for all of them.
         self.sent = 0
+
+    def event(
+        self, type: str, *, step: str | None = None, level: str | None = None, **data: Any
+    ) -> Event:
+        """Build (not send) an event of this job, e.g. for a `Deferred` to write later."""
+        return make_event(self.job_id, type, step=step, level=level, data=data)
 
     async def emit(
         self,
@@ -189,13 +210,17 @@ class EventEmitter:
         ts: str | None = None,
     ) -> Event:
         event = make_event(self.job_id, type, step=step, level=level, data=data, ts=ts)
+        await self.send(event)
+        return event
+
+    async def send(self, item: Event | Deferred) -> None:
+        """Send a built event, or a `Deferred`, to the writer."""
         try:
             # The common case: room in the buffer, no need to yield to the scheduler.
-            self._send_channel.send_nowait(event)
+            self._send_channel.send_nowait(item)
         except trio.WouldBlock:
-            await self._send_channel.send(event)  # back-pressure: the writer is behind
+            await self._send_channel.send(item)  # back-pressure: the writer is behind
         self.sent += 1
-        return event
 
     async def aclose(self) -> None:
         await self._send_channel.aclose()
@@ -299,6 +324,8 @@ class EventWriter:
         self._scope = trio.CancelScope(shield=True)
         self.done = trio.Event()
         self.events_written = 0
+        #: Items (events and `Deferred`s) taken from the channel and written.
+        self.items_written = 0
         self._waiters: list[tuple[int, trio.Event]] = []
 
     def subscribe(self, send_channel: trio.MemorySendChannel[Event]) -> None:
@@ -309,8 +336,8 @@ class EventWriter:
         self._scope.cancel()
 
     async def wait_written(self, count: int) -> None:
-        """Wait until `count` events have been written (and seen by `on_event`)."""
-        if self.events_written >= count or self.done.is_set():
+        """Wait until `count` items sent have been written (and seen by `on_event`)."""
+        if self.items_written >= count or self.done.is_set():
             return
         event = trio.Event()
         self._waiters.append((count, event))
@@ -318,7 +345,7 @@ class EventWriter:
 
     async def run(
         self,
-        receive_channel: trio.MemoryReceiveChannel[Event],
+        receive_channel: trio.MemoryReceiveChannel[Event | Deferred],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -337,12 +364,14 @@ class EventWriter:
                 waiter.set()
             self.done.set()
 
-    async def _loop(self, fd: int, receive_channel: trio.MemoryReceiveChannel[Event]) -> None:
+    async def _loop(
+        self, fd: int, receive_channel: trio.MemoryReceiveChannel[Event | Deferred]
+    ) -> None:
         sync_due: float | None = None  # when the pending fsync must happen, if one is pending
         last_sync = -math.inf
         while True:
             try:
-                batch = await _next_events(receive_channel, sync_due)
+                batch = await _next_items(receive_channel, sync_due)
             except trio.EndOfChannel:
                 if sync_due is not None:
                     await trio.to_thread.run_sync(self._sync, fd)
@@ -354,15 +383,22 @@ class EventWriter:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             durable = False
-            for event in batch:
-                # One write() per complete line: a crash tears at most the last one.
-                os.write(fd, event.to_line())
-                durable = durable or event.type in _DURABLE_POINTS
-                if self._on_event is not None:
-                    self._on_event(event)
-            self.events_written += len(batch)
+            events: list[Event] = []
+            for item in batch:
+                if isinstance(item, Event):
+                    events.append(item)
+                    continue
+                if not item.ready():
+                    # Write what comes before it now, then wait for it in its place.
+                    durable = self._write(fd, events) or durable
+                    await self._fan_out(events)
+                    events = []
+                    await item.wait()
+                events.extend(item.events())
+            durable = self._write(fd, events) or durable
+            self.items_written += len(batch)
             if self._waiters:
-                for waiter in [w for w in self._waiters if w[0] <= self.events_written]:
+                for waiter in [w for w in self._waiters if w[0] <= self.items_written]:
                     self._waiters.remove(waiter)
                     waiter[1].set()
             if durable and self._fsync and sync_due is None:
@@ -372,7 +408,23 @@ class EventWriter:
             if sync_due is not None and sync_due <= trio.current_time():
                 await trio.to_thread.run_sync(self._sync, fd)
                 last_sync, sync_due = trio.current_time(), None
-            await self._fan_out(batch)
+            await self._fan_out(events)
+
+    def _write(self, fd: int, events: list[Event]) -> bool:
+        """Append `events` as complete lines in one write(); True if one is a durable point."""
+        if not events:
+            return False
+        # Complete lines only: a crash tears at most the last one, which readers skip.
+        data = memoryview(b"".join([event.to_line() for event in events]))
+        while data:
+            data = data[os.write(fd, data) :]
+        self.events_written += len(events)
+        durable = False
+        for event in events:
+            durable = durable or event.type in _DURABLE_POINTS
+            if self._on_event is not None:
+                self._on_event(event)
+        return durable
 
     async def _fan_out(self, batch: list[Event]) -> None:
         for subscriber in list(self._subscribers):
@@ -389,9 +441,9 @@ class EventWriter:
             self._dirty.sync()
 
 
-async def _next_events(
-    receive_channel: trio.MemoryReceiveChannel[Event], sync_due: float | None
-) -> list[Event]:
+async def _next_items(
+    receive_channel: trio.MemoryReceiveChannel[Event | Deferred], sync_due: float | None
+) -> list[Event | Deferred]:
     # The next event; with an fsync pending, nothing once it is due.
     if sync_due is None:
         return [await receive_channel.receive()]

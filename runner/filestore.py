@@ -16,6 +16,7 @@ import hashlib
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -40,17 +41,23 @@ class WriteResult(TypedDict):
 
 
 class DirtyDirs:
-    """Directories written since the last fsync batch (`RUNNER_FSYNC=batch`)."""
+    """Directories written since the last fsync batch (`RUNNER_FSYNC=batch`).
+
+    Thread-safe: the background writes add to it while the event writer syncs it.
+    """
 
     def __init__(self) -> None:
-        self._dirs: set[Path] = set()
+        self._dirs: set[str] = set()
+        self._lock = threading.Lock()
 
-    def add(self, directory: Path) -> None:
-        self._dirs.add(directory)
+    def add(self, directory: str | os.PathLike[str]) -> None:
+        with self._lock:
+            self._dirs.add(os.fspath(directory))
 
     def sync(self) -> None:
         """fsync every recorded directory; call it from a worker thread."""
-        dirs, self._dirs = self._dirs, set()
+        with self._lock:
+            dirs, self._dirs = self._dirs, set()
         for directory in dirs:
             _fsync_dir(directory)
 
@@ -120,10 +127,14 @@ def write_atomic(
     *,
     fsync: str = "batch",
     dirty: DirtyDirs | None = None,
+    sha256: str | None = None,
 ) -> WriteResult:
-    """The synchronous core of `safe_write` (no events, no threads)."""
+    """The synchronous core of `safe_write` (no events, no threads).
+
+    `sha256`, when the caller already hashed `data`, saves hashing it again.
+    """
     target = _target(os.fspath(root), relpath)
-    new_hash = sha256_bytes(data)
+    new_hash = sha256 or sha256_bytes(data)
     old_hash = sha256_file(target)
     if old_hash == new_hash:
         return WriteResult(path=relpath, sha256=new_hash, wrote=False, reason="nochange")
@@ -150,9 +161,9 @@ def write_atomic(
     except OSError as exc:
         raise StorageError(f"cannot write {relpath!r} under {root}: {exc.strerror or exc}") from exc
     if fsync == "always":
-        _fsync_dir(Path(directory))
+        _fsync_dir(directory)
     elif fsync == "batch" and dirty is not None:
-        dirty.add(Path(directory))
+        dirty.add(directory)
     reason = "created" if old_hash is None else "updated"
     return WriteResult(path=relpath, sha256=new_hash, wrote=True, reason=reason)
 
@@ -200,7 +211,7 @@ def leftover_temp_files(directories: Iterable[Path]) -> list[Path]:
     return found
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str | os.PathLike[str]) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
     except FileNotFoundError:

@@ -10,6 +10,7 @@ raised before any call is made::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -184,13 +185,16 @@ class Pipeline:
         return topological_order(self.needs)
 
     def step(self, name: str) -> Step:
-        for step in self.steps:
-            if step.name == name:
-                return step
-        raise KeyError(name)
+        return self._steps_by_name[name]
 
     def resolved(self, step: Step) -> Step:
         """The step with `[defaults]` and the built-in defaults filled in."""
+        # A step of this pipeline is resolved once; any other `Step` afresh.
+        if self._steps_by_name.get(step.name) is step:
+            return self._resolved_steps[step.name]
+        return self._resolve(step)
+
+    def _resolve(self, step: Step) -> Step:
         changes: dict[str, Any] = {}
         for field in _FIELDS:
             if getattr(step, field) is None:
@@ -198,6 +202,24 @@ class Pipeline:
                 if value is not None:
                     changes[field] = tuple(value) if field == "stop" else value
         return attrs.evolve(step, **changes) if changes else step
+
+    # Derived once per pipeline (it is frozen): a job reads these once per step.
+    @functools.cached_property
+    def _steps_by_name(self) -> dict[str, Step]:
+        return {step.name: step for step in self.steps}
+
+    @functools.cached_property
+    def _resolved_steps(self) -> dict[str, Step]:
+        return {step.name: self._resolve(step) for step in self.steps}
+
+    @functools.cached_property
+    def _canonical(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @functools.cached_property
+    def _step_records(self) -> dict[str, Any]:
+        steps: dict[str, Any] = json.loads(self._canonical)["steps"]
+        return steps
 
     def resolve_inputs(self, given: Mapping[str, str] | None) -> dict[str, str]:
         """Defaults plus `given`; an unknown or missing input is a `PipelineError`."""
@@ -253,18 +275,18 @@ class Pipeline:
 
     def to_json_bytes(self) -> bytes:
         """`pipeline.json`: canonical JSON, so the same pipeline always gives the same bytes."""
-        return (canonical_json(self.to_dict()) + "\n").encode()
+        return (self._canonical + "\n").encode()
 
     def referenced_inputs(self, step: Step) -> set[str]:
         text = (step.prompt or "") + (step.system or "") + (self.defaults.get("system") or "")
         return {m.group(1) for t in _TEMPLATE.finditer(text) if (m := _INPUT_REF.match(t.group(1)))}
 
     def sha256(self) -> str:
-        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
+        return hashlib.sha256(self._canonical.encode()).hexdigest()
 
     def step_sha256(self, name: str) -> str:
         """A hash of what defines one step's result (its own fields, resolved, and the version)."""
-        record = self.to_dict()["steps"][name]
+        record = self._step_records[name]
         resolved = attrs.asdict(self.resolved(self.step(name)), recurse=False)
         resolved.pop("fn")
         fake = self.providers.get("fake", {}) if resolved.get("provider") == "fake" else {}

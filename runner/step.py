@@ -17,7 +17,8 @@ import attrs
 import trio
 
 from .cache import CorruptCacheEntry, compute_cache_key
-from .errors import ProviderError, RunnerError, StorageError
+from .errors import ProviderError, RunnerError
+from .events import Event
 from .fences import parse_file_blocks
 from .filestore import WriteResult, check_relpath
 from .pipeline import STREAM_ABOVE_MAX_TOKENS, Step, render
@@ -111,10 +112,10 @@ async def _run(sup: Supervisor, step: Step, inbox: trio.MemoryReceiveChannel[Han
         await sup.emitter.step_started(name)
         started = trio.current_time()
         try:
-            output, attempts, cached = await _execute(sup, sup.pipeline.resolved(step))
+            output, attempts, cached, cache_write = await _execute(sup, sup.pipeline.resolved(step))
             try:
-                output_sha256 = (await sup.write_output(name, output))["sha256"]
-            except (RunnerError, UnicodeError) as exc:
+                payload = output.encode()
+            except UnicodeError as exc:
                 raise _StepFailed(type(exc).__name__, str(exc), attempts) from None
         except _StepFailed as failure:
             await sup.emitter.step_failed(
@@ -126,19 +127,81 @@ async def _run(sup: Supervisor, step: Step, inbox: trio.MemoryReceiveChannel[Han
             )
             sup.step_failed(name)
             return Handoff(name, ok=False)
+        output_sha256 = hashlib.sha256(payload).hexdigest()
+        # The output goes to disk in the background; the log holds `step.succeeded`
+        # back until it has landed, while the dependents already start.
+        output_write = sup.files.submit(
+            sup.outputs_dir, f"{name}.txt", payload, sha256=output_sha256
+        )
         sup.outputs[name] = output
-        await sup.emitter.step_succeeded(
-            name,
+        succeeded = sup.emitter.event(
+            "step.succeeded",
+            step=name,
             duration_s=round(trio.current_time() - started, 6),
             output_sha256=output_sha256,
             cached=cached,
             attempts=attempts,
         )
+        await sup.emitter.send(_StepEnd(sup, succeeded, output_write, cache_write))
     return Handoff(name, ok=True, output=output)
 
 
-async def _execute(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
-    """Run the step's work; returns (output, attempts, cached). Failures become `_StepFailed`."""
+class _StepEnd:
+    """A step's `step.succeeded`, written once its background writes have landed.
+
+    A cache entry that could not be stored adds a `cache.error` (the step still
+    succeeds); an output that could not be written turns the step's end into
+    `step.failed`, as if the write had failed in the step.
+    """
+
+    def __init__(
+        self,
+        sup: Supervisor,
+        succeeded: Event,
+        output_write: int,
+        cache_write: tuple[str, int] | None,
+    ) -> None:
+        self._sup = sup
+        self._succeeded = succeeded
+        self._output_write = output_write
+        self._cache_write = cache_write
+
+    def ready(self) -> bool:
+        return self._sup.files.done(self._output_write)
+
+    async def wait(self) -> None:
+        await self._sup.files.wait_for(self._output_write)
+
+    def events(self) -> list[Event]:
+        files, emitter, step = self._sup.files, self._sup.emitter, self._succeeded.step
+        events = []
+        if self._cache_write is not None:
+            key, ticket = self._cache_write
+            if (error := files.failure(ticket)) is not None:
+                events.append(emitter.event("cache.error", step=step, key=key, reason=str(error)))
+        error = files.failure(self._output_write)
+        if error is None:
+            events.append(self._succeeded)
+            return events
+        data = self._succeeded.data or {}
+        failed = emitter.event(
+            "step.failed",
+            step=step,
+            error=type(error).__name__,
+            message=str(error),
+            attempts=data["attempts"],
+            duration_s=data["duration_s"],
+        )
+        events.append(failed)
+        return events
+
+
+async def _execute(sup: Supervisor, step: Step) -> tuple[str, int, bool, tuple[str, int] | None]:
+    """Run the step's work; returns (output, attempts, cached, cache write).
+
+    The cache write is the cache key and the ticket of the entry's background
+    write, when the response was stored. Failures become `_StepFailed`.
+    """
     attempts = 0
     try:
         if step.fn is not None:
@@ -153,11 +216,11 @@ async def _execute(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
             output = await step.fn(context)
             if not isinstance(output, str):
                 raise TypeError(f"step function returned {type(output).__name__}, expected str")
-            return output, 0, False
-        output, attempts, cached = await _call_llm(sup, step)
+            return output, 0, False, None
+        output, attempts, cached, cache_write = await _call_llm(sup, step)
         if step.files:
             await _write_file_blocks(sup, step.name, output)
-        return output, attempts, cached
+        return output, attempts, cached, cache_write
     except ProviderError as exc:
         raise _StepFailed(type(exc).__name__, str(exc), exc.attempts or attempts) from None
     except RunnerError as exc:
@@ -167,7 +230,7 @@ async def _execute(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
         raise _StepFailed(type(exc).__name__, str(exc) or type(exc).__name__, attempts) from None
 
 
-async def _call_llm(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
+async def _call_llm(sup: Supervisor, step: Step) -> tuple[str, int, bool, tuple[str, int] | None]:
     assert step.prompt is not None
     assert step.provider is not None
     assert step.model is not None
@@ -207,16 +270,14 @@ async def _call_llm(sup: Supervisor, step: Step) -> tuple[str, int, bool]:
         else:
             if hit is not None:
                 await sup.emitter.cache_hit(step.name, key)
-                return hit.text, 0, True
+                return hit.text, 0, True, None
             await sup.emitter.cache_miss(step.name, key)
     response, attempts = await sup.call(provider, request, step)
-    if cache is not None and key is not None:
-        try:
-            cache.put(key, response)
-        except StorageError as exc:
-            # The answer is in hand: failing to keep a copy must not fail the step.
-            await sup.emitter.cache_error(step.name, key, reason=str(exc))
-    return response.text, attempts, False
+    if cache is None or key is None:
+        return response.text, attempts, False, None
+    # In the background, like the output: failing to keep a copy is a `cache.error`.
+    relpath, entry = cache.entry(key, response)
+    return response.text, attempts, False, (key, sup.files.submit(cache.root, relpath, entry))
 
 
 async def _write_file_blocks(sup: Supervisor, step: str, output: str) -> None:

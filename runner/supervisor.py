@@ -22,13 +22,14 @@ from typing import Any
 import attrs
 import trio
 
+from ._background import BackgroundWrites
 from ._version import __version__
 from .cache import Cache
 from .calls import call_with_retries
 from .circuit_breaker import CircuitBreaker
 from .config import Settings
 from .errors import JobError
-from .events import Event, EventEmitter, EventWriter, open_log
+from .events import Deferred, Event, EventEmitter, EventWriter, open_log
 from .filestore import DirtyDirs, WriteResult, safe_write, sha256_file, write_atomic
 from .graph import ancestors
 from .manifest import CANCELLED, FAILED, SUCCEEDED, JobState, fold_log
@@ -87,6 +88,9 @@ class Supervisor:
         self.outputs: dict[str, str] = {}
         self.state = prior_state or JobState()
         self.dirty = DirtyDirs()
+        self.outputs_dir = os.path.join(run_dir, "outputs")
+        #: Step outputs and cache entries are written by this thread, off the steps' path.
+        self.files = BackgroundWrites(fsync=settings.fsync, dirty=self.dirty)
         self.cache = (
             Cache(cache_dir or run_dir / ".cache", fsync=settings.fsync, dirty=self.dirty)
             if use_cache
@@ -103,7 +107,9 @@ class Supervisor:
         self._steps_scope = trio.CancelScope()
         self._manifest_dirty = trio.Event()
         self._manifest_lock = trio.Lock()
-        send_channel, self._event_receive = trio.open_memory_channel[Event](_EVENT_BUFFER)
+        send_channel, self._event_receive = trio.open_memory_channel[Event | Deferred](
+            _EVENT_BUFFER
+        )
         self.emitter = EventEmitter(job_id, send_channel)
         self.writer = EventWriter(
             run_dir / "events.jsonl",
@@ -171,15 +177,6 @@ class Supervisor:
             step=step,
         )
 
-    async def write_output(self, step: str, output: str) -> WriteResult:
-        return await safe_write(
-            self.run_dir / "outputs",
-            f"{step}.txt",
-            output,
-            fsync=self.settings.fsync,
-            dirty=self.dirty,
-        )
-
     def stored_output(self, step: str) -> str | None:
         """A completed step's output; None if it vanished since resume checked it (run it again)."""
         try:
@@ -202,10 +199,22 @@ class Supervisor:
         self.state.apply(event)
         if event.type.startswith(("step.", "job.")):
             self._manifest_dirty.set()
+            if event.type == "step.failed" and event.step is not None:
+                # Also a step whose output could not be written in the background.
+                self.outputs.pop(event.step, None)
+                self.step_failed(event.step)
 
     async def run(self) -> JobResult:
         """Run the job to its end. Records cancellation, then lets `trio.Cancelled` propagate."""
         started = time.monotonic()
+        self.files.start()
+        try:
+            return await self._run(started)
+        finally:
+            # Blocking, but the queue is empty by now: `_finish` drained it.
+            self.files.close(_CLEANUP_DEADLINE_S)
+
+    async def _run(self, started: float) -> JobResult:
         status = CANCELLED
         async with trio.open_nursery() as system_nursery:
             await system_nursery.start(self.writer.run, self._event_receive)
@@ -270,6 +279,8 @@ class Supervisor:
             # A client that fails to close must not keep the job from recording its end.
             with contextlib.suppress(Exception):
                 await provider.aclose()
+        # Blocking: waiting in trio would let an autojump clock skip to the deadline.
+        self.files.drain(_CLEANUP_DEADLINE_S)
         await self.writer.wait_written(self.emitter.sent)
         counts = self.state.step_counts(at_end=True)
         await self.emitter.job_finished(status, duration_s=round(duration_s, 6), steps=counts)

@@ -1,0 +1,107 @@
+"""`BackgroundWrites`: a job's outputs and cache entries, written by one thread in order."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+from helpers import events, fake_pipeline
+
+from runner import Event, PathEscapeError, Settings, Step, StorageError, run_dag
+from runner._background import BackgroundWrites
+from runner.filestore import sha256_bytes
+
+
+def test_writes_land_in_order_and_drain_waits_for_all(tmp_path: Path) -> None:
+    writes = BackgroundWrites(fsync="never", dirty=None)
+    writes.start()
+    try:
+        tickets = [writes.submit(tmp_path, f"d/{i}.txt", str(i).encode()) for i in range(50)]
+        assert writes.drain(timeout=10)
+    finally:
+        writes.close(timeout=10)
+    assert list(range(1, 51)) == tickets
+    assert all(writes.done(ticket) for ticket in tickets)
+    assert [str(i) for i in range(50)] == [
+        (tmp_path / "d" / f"{i}.txt").read_text() for i in range(50)
+    ]
+    assert [None] * 50 == [writes.failure(ticket) for ticket in tickets]
+
+
+def test_a_failed_write_is_reported_for_its_ticket_only(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()  # os.replace cannot put a file where a directory is
+    (tmp_path / "out").symlink_to(tmp_path.parent)
+    writes = BackgroundWrites(fsync="never", dirty=None)
+    writes.start()
+    try:
+        ok = writes.submit(tmp_path, "ok.txt", b"x")
+        taken = writes.submit(tmp_path, "taken", b"x")
+        escape = writes.submit(tmp_path, "out/evil.txt", b"x")
+        writes.drain(timeout=10)
+    finally:
+        writes.close(timeout=10)
+    assert writes.failure(ok) is None
+    failure = writes.failure(taken)
+    assert isinstance(failure, StorageError)
+    assert str(failure).startswith("cannot write 'taken' under ")
+    assert isinstance(writes.failure(escape), PathEscapeError)
+    assert not (tmp_path.parent / "evil.txt").exists()
+
+
+async def test_wait_for_wakes_the_trio_task_when_the_write_landed(tmp_path: Path) -> None:
+    gate = threading.Event()
+    writes = BackgroundWrites(fsync="never", dirty=None)
+    original = os.replace
+
+    def held_replace(src: str, dst: str) -> None:
+        gate.wait(10)
+        original(src, dst)
+
+    writes.start()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "replace", held_replace)
+            ticket = writes.submit(tmp_path, "a.txt", b"a")
+            assert not writes.done(ticket)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writes.wait_for, ticket)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not (tmp_path / "a.txt").exists()
+                gate.set()
+    finally:
+        writes.close(timeout=10)
+    assert writes.done(ticket)
+    assert "a" == (tmp_path / "a.txt").read_text()
+
+
+async def test_step_succeeded_is_logged_only_once_the_output_is_on_disk(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, bool]] = []
+    from runner.supervisor import Supervisor
+
+    original = Supervisor._on_event
+
+    def check(self: Supervisor, event: Event) -> None:
+        if event.type == "step.succeeded":
+            output = self.run_dir / "outputs" / f"{event.step}.txt"
+            intact = (
+                output.exists()
+                and sha256_bytes(output.read_bytes()) == (event.data["output_sha256"])
+            )
+            seen.append((event.step, intact))
+        original(self, event)
+
+    monkeypatch.setattr(Supervisor, "_on_event", check)
+    steps = [Step(f"s{i}", prompt=f"p{i}", needs=[f"s{i - 1}"] if i else []) for i in range(30)]
+    result = await run_dag(
+        fake_pipeline(steps), runs_dir=runs_dir, settings=Settings(fsync="never")
+    )
+    assert "succeeded" == result.status
+    assert [(f"s{i}", True) for i in range(30)] == seen
+    # And the log still reads in dependency order: each step ends before the next starts.
+    order = [(e.type, e.step) for e in events(result.run_dir) if e.type.startswith("step.")]
+    assert [(t, f"s{i}") for i in range(30) for t in ("step.started", "step.succeeded")] == order
