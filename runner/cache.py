@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from ._json import sorted_json
 from .filestore import DirtyDirs, write_atomic
 from .providers.base import LLMRequest, LLMResponse
 
@@ -54,8 +56,7 @@ def compute_cache_key(
         "pipeline_version": pipeline_version,
         "runner_version": runner_version,
     }
-    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(sorted_json(material)).hexdigest()
 
 
 class CorruptCacheEntry(Exception):
@@ -76,7 +77,7 @@ class Cache:
     def get(self, key: str) -> LLMResponse | None:
         """The cached response, None when absent; `CorruptCacheEntry` when unreadable."""
         try:
-            raw = (self.root / self._relpath(key)).read_bytes()
+            raw = _read(os.path.join(self.root, self._relpath(key)))
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -98,5 +99,15 @@ class Cache:
     def entry(self, key: str, response: LLMResponse) -> tuple[str, bytes]:
         """Where the entry for `key` goes under `root`, and its bytes (what `put` writes)."""
         record = {"format": _ENTRY_FORMAT, "key": key, "response": attrs.asdict(response)}
-        data = json.dumps(record, sort_keys=True, ensure_ascii=False).encode()
-        return self._relpath(key), data
+        return self._relpath(key), sorted_json(record)
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

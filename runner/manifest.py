@@ -9,7 +9,6 @@ steps and files, never with the length of the log.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import socket
 from collections.abc import Collection, Iterable, Mapping
@@ -17,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from ._json import sorted_json
 from .events import Event, complete_lines, decode_record, parse_line
 
 __all__ = ["MANIFEST_FORMAT_VERSION", "JobState", "StepState", "fold_events"]
@@ -178,8 +178,7 @@ class JobState:
         }
 
     def manifest_bytes(self) -> bytes:
-        # No indent: json's C encoder only runs without one (30x faster on a 1,000-step job).
-        return (json.dumps(self.manifest(), sort_keys=True, ensure_ascii=False) + "\n").encode()
+        return sorted_json(self.manifest(), indent=True) + b"\n"
 
     def display_status(self) -> str:
         """The job's status word; an unfinished job whose process is gone reads `interrupted`."""
