@@ -8,11 +8,11 @@ one complete line, and fans events out to live subscribers.
 
 from __future__ import annotations
 
-import datetime as _dt
 import fcntl
 import json
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -93,7 +93,16 @@ class TornLineWarning(UserWarning):
 
 def utc_now_iso() -> str:
     """The current time as `2026-11-24T05:23:34.123456+00:00`."""
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+    global _last_second
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    second = _last_second  # one read: another thread may replace it meanwhile
+    if second[0] != seconds:
+        # Formatted once a second: a busy job stamps thousands of events in one.
+        second = _last_second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{second[1]}.{nanoseconds // 1000:06d}+00:00"
+
+
+_last_second: tuple[int, str] = (-1, "")
 
 
 def level_at_least(level: str, minimum: str) -> bool:

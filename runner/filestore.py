@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["DirtyDirs", "WriteResult", "check_relpath", "safe_write", "sha256_file"]
 
 _TMP_PREFIX = ".tmp-"
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 class WriteResult(TypedDict):
@@ -64,10 +65,14 @@ class DirtyDirs:
 
 def check_relpath(root: Path, relpath: str) -> Path:
     """Return the absolute target for `relpath` under `root`, or raise `PathEscapeError`."""
-    return Path(_target(os.fspath(root), relpath))
+    return Path(_locate(os.fspath(root), relpath)[0])
 
 
-def _target(root: str, relpath: str) -> str:
+def _locate(root: str, relpath: str) -> tuple[str, os.stat_result | None]:
+    """The absolute target for `relpath` under `root`, and its `lstat` (None: absent).
+
+    Raises `PathEscapeError` when the path would leave `root`.
+    """
     if not relpath or "\0" in relpath:
         raise PathEscapeError(f"refused path {relpath!r}: empty or contains NUL")
     posix = relpath.replace("\\", "/")
@@ -79,24 +84,31 @@ def _target(root: str, relpath: str) -> str:
     if not parts:
         raise PathEscapeError(f"refused path {relpath!r}: names no file")
     real_root = _real_root(root)
-    target = os.path.join(real_root, *parts)
     # Only a symlink under root can lead out: lstat each existing component (cheaper than
     # resolving from /), and resolve fully only when one is a link.
     current = real_root
     for part in parts:
-        current = os.path.join(current, part)
+        current = f"{current}{os.sep}{part}"
         try:
-            mode = os.lstat(current).st_mode
+            found = os.lstat(current)
         except (FileNotFoundError, NotADirectoryError):
-            break
-        if stat.S_ISLNK(mode):
+            return os.path.join(real_root, *parts), None
+        if stat.S_ISLNK(found.st_mode):
+            target = os.path.join(real_root, *parts)
             resolved = os.path.realpath(target)
             if os.path.commonpath([resolved, real_root]) != real_root:
                 raise PathEscapeError(
                     f"refused path {relpath!r}: it leads outside {root} (symlink)"
                 )
-            break
-    return target
+            return target, found if current == target else _lstat(target)
+    return current, found
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 @functools.lru_cache(maxsize=256)
@@ -133,17 +145,23 @@ def write_atomic(
 
     `sha256`, when the caller already hashed `data`, saves hashing it again.
     """
-    target = _target(os.fspath(root), relpath)
+    target, existing = _locate(os.fspath(root), relpath)
     new_hash = sha256 or sha256_bytes(data)
-    old_hash = sha256_file(target)
-    if old_hash == new_hash:
+    # Same bytes already there: leave the file alone. Only a same-sized file can be.
+    if (
+        existing is not None
+        and (existing.st_size == len(data) or stat.S_ISLNK(existing.st_mode))
+        and sha256_file(target) == new_hash
+    ):
         return WriteResult(path=relpath, sha256=new_hash, wrote=False, reason="nochange")
     directory, name = os.path.split(target)
-    tmp = os.path.join(directory, f"{_TMP_PREFIX}{name}.{secrets.token_hex(4)}")
+    tmp = f"{directory}{os.sep}{_TMP_PREFIX}{name}.{secrets.token_hex(4)}"
     try:
-        if not os.path.isdir(directory):
+        try:
+            fd = os.open(tmp, _CREATE, 0o644)
+        except FileNotFoundError:
             os.makedirs(directory, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, _CREATE, 0o644)
         try:
             try:
                 view = memoryview(data)
@@ -164,7 +182,7 @@ def write_atomic(
         _fsync_dir(directory)
     elif fsync == "batch" and dirty is not None:
         dirty.add(directory)
-    reason = "created" if old_hash is None else "updated"
+    reason = "created" if existing is None else "updated"
     return WriteResult(path=relpath, sha256=new_hash, wrote=True, reason=reason)
 
 
