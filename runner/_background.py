@@ -1,13 +1,17 @@
-"""Atomic writes done by one thread, so a step never waits for the disk.
+"""A job's step outputs and cache entries, written off the steps' path when that pays.
 
-A job's step outputs and cache entries go through `BackgroundWrites`: the
-step hands over the bytes and goes on, and one thread writes them in order
-with `write_atomic` (same confinement, idempotency and fsync policy as
-`safe_write`). A step's end waits in the event writer instead: its
-`step.succeeded` is held back until the step's writes have landed, so the
-log never claims an output that is not on disk, while the step's dependents
-already run. The supervisor starts the thread with the job and joins it
-before the job returns.
+Every output and cache entry goes through `BackgroundWrites.submit()`, which
+returns a ticket, and a step's `step.succeeded` is held back by the event
+writer until the step's tickets have landed: the log never claims an output
+that is not on disk, while the step's dependents already run.
+
+With `RUNNER_FSYNC=always` each write waits for the disk (milliseconds), so one
+thread does them, in order, and steps go on meanwhile. Otherwise a write is
+tens of microseconds and is done at once, in the caller: handing it to a
+thread would cost more, because the thread and the event loop then contend
+for the GIL at every system call (measured: a 1,000-step chain took 1.5-2x as
+long). The supervisor starts the thread with the job and joins it before the
+job returns.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ _Item = tuple[int, str, str, bytes, str | None]
 
 
 class BackgroundWrites:
-    """A queue of atomic writes and the one thread that performs them, in order.
+    """Atomic writes in order, on one thread when `threaded`, else at once.
 
     `submit()` returns a ticket; `done(ticket)` / `await wait_for(ticket)` say when
     that write and every one before it have landed, and `failure(ticket)` whether
     it failed. Use `start()` and `close()` around the work, like a nursery.
     """
 
-    def __init__(self, *, fsync: str, dirty: DirtyDirs | None) -> None:
+    def __init__(self, *, fsync: str, dirty: DirtyDirs | None, threaded: bool) -> None:
+        self.threaded = threaded
         self._fsync = fsync
         self._dirty = dirty
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -48,16 +53,21 @@ class BackgroundWrites:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="runner-writes", daemon=True)
-        self._thread.start()
+        if self.threaded:
+            self._thread = threading.Thread(target=self._run, name="runner-writes", daemon=True)
+            self._thread.start()
 
     def submit(
         self, root: str | os.PathLike[str], relpath: str, data: bytes, *, sha256: str | None = None
     ) -> int:
-        """Queue `write_atomic(root, relpath, data)`; returns its ticket."""
-        assert self._thread is not None, "start() first"
+        """`write_atomic(root, relpath, data)`, now or queued; returns its ticket."""
         self._submitted += 1
-        self._queue.put((self._submitted, os.fspath(root), relpath, data, sha256))
+        item = (self._submitted, os.fspath(root), relpath, data, sha256)
+        if self.threaded:
+            assert self._thread is not None, "start() first"
+            self._queue.put(item)
+        else:
+            self._write(item)
         return self._submitted
 
     def done(self, ticket: int) -> bool:
@@ -93,26 +103,32 @@ class BackgroundWrites:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            ticket, root, relpath, data, sha256 = item
-            failure: RunnerError | None = None
+            self._write(item)
+
+    def _write(self, item: _Item) -> None:
+        ticket, root, relpath, data, sha256 = item
+        failure: RunnerError | None = None
+        try:
+            write_atomic(root, relpath, data, fsync=self._fsync, dirty=self._dirty, sha256=sha256)
+        except RunnerError as exc:
+            failure = exc
+        except Exception as exc:  # a bug must not kill the thread and hang the job
+            failure = StorageError(f"cannot write {relpath!r} under {root}: {exc}")
+        if not self.threaded:
+            if failure is not None:
+                self._failures[ticket] = failure
+            self._completed = ticket
+            return
+        with self._lock:
+            if failure is not None:
+                self._failures[ticket] = failure
+            self._completed = ticket
+            ready = [w for w in self._waiters if w[0] <= ticket]
+            if ready:
+                self._waiters = [w for w in self._waiters if w[0] > ticket]
+            self._landed.notify_all()
+        for _, wake in ready:
             try:
-                write_atomic(
-                    root, relpath, data, fsync=self._fsync, dirty=self._dirty, sha256=sha256
-                )
-            except RunnerError as exc:
-                failure = exc
-            except Exception as exc:  # a bug must not kill the thread and hang the job
-                failure = StorageError(f"cannot write {relpath!r} under {root}: {exc}")
-            with self._lock:
-                if failure is not None:
-                    self._failures[ticket] = failure
-                self._completed = ticket
-                ready = [w for w in self._waiters if w[0] <= ticket]
-                if ready:
-                    self._waiters = [w for w in self._waiters if w[0] > ticket]
-                self._landed.notify_all()
-            for _, wake in ready:
-                try:
-                    wake()
-                except trio.RunFinishedError:
-                    pass  # the job's trio run ended without waiting (cancelled writer)
+                wake()
+            except trio.RunFinishedError:
+                pass  # the job's trio run ended without waiting (cancelled writer)

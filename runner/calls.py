@@ -27,6 +27,8 @@ from .retry import RetryPolicy
 
 __all__ = ["call_with_retries"]
 
+_NO_LIMIT: AbstractAsyncContextManager[None] = nullcontext()
+
 
 async def call_with_retries(
     provider: Provider,
@@ -97,7 +99,7 @@ async def _attempt_once(
 ) -> LLMResponse:
     # The breaker goes outside the limiter: a caller waiting for a half-open
     # probe must not hold a slot the probe itself may need.
-    slot: AbstractAsyncContextManager[object] = limiter if limiter is not None else nullcontext()
+    slot: AbstractAsyncContextManager[object] = limiter if limiter is not None else _NO_LIMIT
     async with breaker.attempt(), slot:
         # Only what identifies the call: never headers, keys or the prompt itself.
         common = {"provider": provider.name, "model": request.model, "attempt": attempt}
@@ -127,14 +129,14 @@ async def _attempt_once(
 async def _complete_within(
     provider: Provider, request: LLMRequest, timeout_s: float
 ) -> LLMResponse:
-    try:
-        with trio.fail_after(timeout_s):
-            return await provider.complete(request)
-    except trio.TooSlowError as exc:
-        # Raised inside the breaker's scope, so a timeout counts as a breaker failure.
-        raise ProviderTimeoutError(
-            f"{provider.name}: timed out after {timeout_s:g}s", provider=provider.name
-        ) from exc
+    # trio.fail_after, without its generator-based context manager (one per call).
+    with trio.CancelScope(deadline=trio.current_time() + timeout_s):
+        return await provider.complete(request)
+    # Only the deadline's own cancellation lands here. Raised inside the breaker's
+    # scope, so a timeout counts as a breaker failure.
+    raise ProviderTimeoutError(
+        f"{provider.name}: timed out after {timeout_s:g}s", provider=provider.name
+    )
 
 
 async def _log_response(

@@ -89,8 +89,10 @@ class Supervisor:
         self.state = prior_state or JobState()
         self.dirty = DirtyDirs()
         self.outputs_dir = os.path.join(run_dir, "outputs")
-        #: Step outputs and cache entries are written by this thread, off the steps' path.
-        self.files = BackgroundWrites(fsync=settings.fsync, dirty=self.dirty)
+        #: Step outputs and cache entries; on a thread when each write waits for the disk.
+        self.files = BackgroundWrites(
+            fsync=settings.fsync, dirty=self.dirty, threaded=settings.fsync == "always"
+        )
         self.cache = (
             Cache(cache_dir or run_dir / ".cache", fsync=settings.fsync, dirty=self.dirty)
             if use_cache

@@ -16,7 +16,7 @@ from runner.filestore import sha256_bytes
 
 
 def test_writes_land_in_order_and_drain_waits_for_all(tmp_path: Path) -> None:
-    writes = BackgroundWrites(fsync="never", dirty=None)
+    writes = BackgroundWrites(fsync="always", dirty=None, threaded=True)
     writes.start()
     try:
         tickets = [writes.submit(tmp_path, f"d/{i}.txt", str(i).encode()) for i in range(50)]
@@ -31,10 +31,11 @@ def test_writes_land_in_order_and_drain_waits_for_all(tmp_path: Path) -> None:
     assert [None] * 50 == [writes.failure(ticket) for ticket in tickets]
 
 
-def test_a_failed_write_is_reported_for_its_ticket_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threaded", [True, False])
+def test_a_failed_write_is_reported_for_its_ticket_only(tmp_path: Path, threaded: bool) -> None:
     (tmp_path / "taken").mkdir()  # os.replace cannot put a file where a directory is
     (tmp_path / "out").symlink_to(tmp_path.parent)
-    writes = BackgroundWrites(fsync="never", dirty=None)
+    writes = BackgroundWrites(fsync="never", dirty=None, threaded=threaded)
     writes.start()
     try:
         ok = writes.submit(tmp_path, "ok.txt", b"x")
@@ -53,7 +54,7 @@ def test_a_failed_write_is_reported_for_its_ticket_only(tmp_path: Path) -> None:
 
 async def test_wait_for_wakes_the_trio_task_when_the_write_landed(tmp_path: Path) -> None:
     gate = threading.Event()
-    writes = BackgroundWrites(fsync="never", dirty=None)
+    writes = BackgroundWrites(fsync="never", dirty=None, threaded=True)
     original = os.replace
 
     def held_replace(src: str, dst: str) -> None:
@@ -77,8 +78,9 @@ async def test_wait_for_wakes_the_trio_task_when_the_write_landed(tmp_path: Path
     assert "a" == (tmp_path / "a.txt").read_text()
 
 
+@pytest.mark.parametrize("fsync", ["always", "batch"])  # on the thread, and at once
 async def test_step_succeeded_is_logged_only_once_the_output_is_on_disk(
-    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch, fsync: str
 ) -> None:
     seen: list[tuple[str, bool]] = []
     from runner.supervisor import Supervisor
@@ -105,3 +107,15 @@ async def test_step_succeeded_is_logged_only_once_the_output_is_on_disk(
     # And the log still reads in dependency order: each step ends before the next starts.
     order = [(e.type, e.step) for e in events(result.run_dir) if e.type.startswith("step.")]
     assert [(t, f"s{i}") for i in range(30) for t in ("step.started", "step.succeeded")] == order
+
+
+def test_without_a_thread_a_write_has_landed_when_submit_returns(tmp_path: Path) -> None:
+    writes = BackgroundWrites(fsync="never", dirty=None, threaded=False)
+    writes.start()
+    ticket = writes.submit(tmp_path, "a.txt", b"a")
+    assert (True, "a", []) == (
+        writes.done(ticket),
+        (tmp_path / "a.txt").read_text(),
+        [t for t in threading.enumerate() if t.name == "runner-writes"],
+    )
+    writes.close()
