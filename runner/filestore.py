@@ -14,7 +14,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Iterable
@@ -155,7 +154,7 @@ def write_atomic(
     ):
         return WriteResult(path=relpath, sha256=new_hash, wrote=False, reason="nochange")
     directory, name = os.path.split(target)
-    tmp = f"{directory}{os.sep}{_TMP_PREFIX}{name}.{secrets.token_hex(4)}"
+    tmp = f"{directory}{os.sep}{_TMP_PREFIX}{name}.{os.urandom(4).hex()}"
     try:
         try:
             fd = os.open(tmp, _CREATE, 0o644)
