@@ -335,6 +335,10 @@ class EventWriter:
         self.events_written = 0
         #: Items (events and `Deferred`s) taken from the channel and written.
         self.items_written = 0
+        self._durable = 0  # events written up to the last durable point
+        self._synced = 0  # events written when the last fsync began
+        self._sync_wanted = trio.Event()
+        self._last_sync = -math.inf
         self._waiters: list[tuple[int, trio.Event]] = []
 
     def subscribe(self, send_channel: trio.MemorySendChannel[Event]) -> None:
@@ -363,8 +367,13 @@ class EventWriter:
             _cut_torn_tail(fd)
             with self._scope:
                 task_status.started()
-                async with receive_channel:
+                async with receive_channel, trio.open_nursery() as nursery:
+                    if self._fsync:
+                        nursery.start_soon(self._sync_timer, fd)
                     await self._loop(fd, receive_channel)
+                    nursery.cancel_scope.cancel()  # waits for an fsync under way
+                if self._fsync and self._synced < self._durable:
+                    await trio.to_thread.run_sync(self._sync, fd)  # the end is always durable
         finally:
             os.close(fd)
             for subscriber in self._subscribers:
@@ -376,14 +385,15 @@ class EventWriter:
     async def _loop(
         self, fd: int, receive_channel: trio.MemoryReceiveChannel[Event | Deferred]
     ) -> None:
-        sync_due: float | None = None  # when the pending fsync must happen, if one is pending
-        last_sync = -math.inf
         while True:
             try:
-                batch = await _next_items(receive_channel, sync_due)
+                batch = [receive_channel.receive_nowait()]
+            except trio.WouldBlock:
+                try:
+                    batch = [await receive_channel.receive()]
+                except trio.EndOfChannel:
+                    return
             except trio.EndOfChannel:
-                if sync_due is not None:
-                    await trio.to_thread.run_sync(self._sync, fd)
                 return
             # Drain what is already queued: one batch.
             while True:
@@ -391,7 +401,6 @@ class EventWriter:
                     batch.append(receive_channel.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            durable = False
             events: list[Event] = []
             for item in batch:
                 if isinstance(item, Event):
@@ -399,41 +408,46 @@ class EventWriter:
                     continue
                 if not item.ready():
                     # Write what comes before it now, then wait for it in its place.
-                    durable = self._write(fd, events) or durable
+                    self._write(fd, events)
                     await self._fan_out(events)
                     events = []
                     await item.wait()
                 events.extend(item.events())
-            durable = self._write(fd, events) or durable
+            self._write(fd, events)
             self.items_written += len(batch)
             if self._waiters:
                 for waiter in [w for w in self._waiters if w[0] <= self.items_written]:
                     self._waiters.remove(waiter)
                     waiter[1].set()
-            if durable and self._fsync and sync_due is None:
-                # Durable within _FSYNC_INTERVAL_S of a step end: one thread hop per
-                # interval, however many steps end in it (a hop costs more than the fsync).
-                sync_due = max(trio.current_time(), last_sync + _FSYNC_INTERVAL_S)
-            if sync_due is not None and sync_due <= trio.current_time():
-                await trio.to_thread.run_sync(self._sync, fd)
-                last_sync, sync_due = trio.current_time(), None
             await self._fan_out(events)
 
-    def _write(self, fd: int, events: list[Event]) -> bool:
-        """Append `events` as complete lines in one write(); True if one is a durable point."""
+    async def _sync_timer(self, fd: int) -> None:
+        # Durable within _FSYNC_INTERVAL_S of a step end: one thread hop per interval,
+        # however many steps end in it (a hop costs more than the fsync), and never on
+        # the writer's path: it keeps writing while the fsync runs.
+        while True:
+            await self._sync_wanted.wait()
+            self._sync_wanted = trio.Event()
+            await trio.sleep_until(self._last_sync + _FSYNC_INTERVAL_S)
+            await trio.to_thread.run_sync(self._sync, fd)
+            self._last_sync = trio.current_time()
+
+    def _write(self, fd: int, events: list[Event]) -> None:
+        """Append `events` as complete lines in one write(), then fold them (`on_event`)."""
         if not events:
-            return False
+            return
         # Complete lines only: a crash tears at most the last one, which readers skip.
         data = memoryview(b"".join([event.to_line() for event in events]))
         while data:
             data = data[os.write(fd, data) :]
         self.events_written += len(events)
-        durable = False
         for event in events:
-            durable = durable or event.type in _DURABLE_POINTS
+            if event.type in _DURABLE_POINTS:
+                self._durable = self.events_written
+                if self._fsync and not self._sync_wanted.is_set():
+                    self._sync_wanted.set()
             if self._on_event is not None:
                 self._on_event(event)
-        return durable
 
     async def _fan_out(self, batch: list[Event]) -> None:
         for subscriber in list(self._subscribers):
@@ -445,20 +459,10 @@ class EventWriter:
                     break
 
     def _sync(self, fd: int) -> None:
+        self._synced = self.events_written  # read before the fsync: it covers at least these
         os.fsync(fd)
         if self._dirty is not None:
             self._dirty.sync()
-
-
-async def _next_items(
-    receive_channel: trio.MemoryReceiveChannel[Event | Deferred], sync_due: float | None
-) -> list[Event | Deferred]:
-    # The next event; with an fsync pending, nothing once it is due.
-    if sync_due is None:
-        return [await receive_channel.receive()]
-    with trio.move_on_after(max(0.0, sync_due - trio.current_time())):
-        return [await receive_channel.receive()]
-    return []
 
 
 def open_log(path: Path) -> int:
