@@ -294,8 +294,9 @@ async def test_a_corrupt_entry_is_a_warned_miss_and_is_replaced(
     assert [] == leftover_temp_files([cache_dir])
 
 
+@pytest.mark.parametrize("fsync", ["never", "always"])  # written at once / on the thread
 async def test_an_entry_that_cannot_be_replaced_does_not_fail_the_step(
-    runs_dir: Path, tmp_path: Path
+    runs_dir: Path, tmp_path: Path, fsync: str
 ) -> None:
     cache_dir = tmp_path / "cache"
     pipeline = fake_pipeline([Step("a", prompt="a")])
@@ -304,7 +305,9 @@ async def test_an_entry_that_cannot_be_replaced_does_not_fail_the_step(
     entry.unlink()
     entry.mkdir()  # unreadable, and os.replace cannot put a file in its place
 
-    again = await run_dag(pipeline, runs_dir=runs_dir, cache_dir=cache_dir, settings=FAST)
+    again = await run_dag(
+        pipeline, runs_dir=runs_dir, cache_dir=cache_dir, settings=Settings(fsync=fsync)
+    )
 
     [miss] = of_type(again.run_dir, "cache.miss")
     assert ("WARN", "unreadable: Is a directory") == (miss.level, miss.data["reason"])

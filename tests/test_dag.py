@@ -305,14 +305,18 @@ async def test_a_resume_whose_output_vanished_runs_the_step_again(
     assert "x" == (first.run_dir / "outputs" / "a.txt").read_text()
 
 
-async def test_an_output_that_cannot_be_written_fails_the_step_not_the_job(runs_dir: Path) -> None:
+@pytest.mark.parametrize("fsync", ["never", "always"])  # written at once / on the thread
+async def test_an_output_that_cannot_be_written_fails_the_step_not_the_job(
+    runs_dir: Path, fsync: str
+) -> None:
     async def half_emoji(ctx: StepContext) -> str:
         return "cut \ud83d"
 
     pipeline = fake_pipeline(
         [Step("a", prompt="x"), Step("b", prompt="y"), Step("c", fn=half_emoji)]
     )
-    async with open_job(pipeline, runs_dir=runs_dir, job_id="j", settings=FAST) as job:
+    settings = Settings(fsync=fsync)
+    async with open_job(pipeline, runs_dir=runs_dir, job_id="j", settings=settings) as job:
         (job.run_dir / "outputs" / "a.txt").mkdir()  # a directory where a's output goes
     assert job.result is not None
     assert ("failed", {"b": "y"}) == (job.result.status, dict(job.result.outputs))
