@@ -78,7 +78,8 @@ async def run_step(
     try:
         handoff = await _run(sup, step, inbox)
         for send_channel in dependents:
-            await send_channel.send(handoff)
+            # Never blocks: an inbox has room for one handoff from each of its upstreams.
+            send_channel.send_nowait(handoff)
     finally:
         # However this step ends, its dependents must not wait on it forever.
         for send_channel in dependents:
@@ -88,7 +89,7 @@ async def run_step(
 async def _run(sup: Supervisor, step: Step, inbox: trio.MemoryReceiveChannel[Handoff]) -> Handoff:
     name = step.name
     failed_upstream = []
-    async with inbox:
+    with inbox:
         for _ in step.needs:
             try:
                 handoff = await inbox.receive()
