@@ -433,6 +433,8 @@ async def _slow_step_in_flight(tmp_path: Path) -> Any:
                             _logged(log, "step.succeeded", "fast")
                             and _logged(log, "step.succeeded", "side")
                             and _logged(log, "llm.request", "slow")
+                            # The request is logged just before it is sent: wait for it.
+                            and 1 == _requests_by_step(server)["slow"]
                         )
                     )
                     yield server, process, pipeline, env
