@@ -248,6 +248,35 @@ async def test_cancellation_with_the_real_clock_and_fsync(runs_dir: Path) -> Non
     assert "cancelled" == job.result.status
 
 
+async def test_cancellation_with_writes_on_the_thread_records_every_finished_step(
+    runs_dir: Path,
+) -> None:
+    # RUNNER_FSYNC=always: outputs go to the job's writer thread; cancel once the quick
+    # steps ended, while the slow one is mid-call.
+    steps = [Step(f"q{i}", prompt=f"q{i}") for i in range(5)] + [Step("slow", fn=_forever)]
+    pipeline = fake_pipeline(steps)
+    with trio.CancelScope() as scope:
+        async with open_job(
+            pipeline, runs_dir=runs_dir, job_id="c3", settings=Settings(fsync="always")
+        ) as job:
+            ended = 0
+            async for event in job.events():
+                ended += event.type == "step.succeeded"
+                if ended == 5:
+                    scope.cancel()
+    run_dir = runs_dir / "c3"
+    log = events(run_dir)
+    assert ("job.finished", "cancelled") == (log[-1].type, log[-1].data["status"])
+    assert {f"q{i}" for i in range(5)} == {e.step for e in log if e.type == "step.succeeded"}
+    assert [f"q{i}" for i in range(5)] == sorted(p.stem for p in (run_dir / "outputs").iterdir())
+    assert [] == [t for t in threading.enumerate() if t.name == "runner-writes"]
+
+
+async def _forever(ctx: StepContext) -> str:
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
 async def test_run_dag_inside_a_callers_nursery(runs_dir: Path) -> None:
     pipeline = fake_pipeline([Step("a", prompt="x")])
     results = []
