@@ -387,12 +387,10 @@ class EventWriter:
     ) -> None:
         while True:
             try:
-                batch = [receive_channel.receive_nowait()]
-            except trio.WouldBlock:
                 try:
+                    batch = [receive_channel.receive_nowait()]
+                except trio.WouldBlock:
                     batch = [await receive_channel.receive()]
-                except trio.EndOfChannel:
-                    return
             except trio.EndOfChannel:
                 return
             # Drain what is already queued: one batch.

@@ -129,8 +129,8 @@ async def _run(sup: Supervisor, step: Step, inbox: trio.MemoryReceiveChannel[Han
             sup.step_failed(name)
             return Handoff(name, ok=False)
         output_sha256 = hashlib.sha256(payload).hexdigest()
-        # The output goes to disk in the background; the log holds `step.succeeded`
-        # back until it has landed, while the dependents already start.
+        # Written now, or on the job's thread under RUNNER_FSYNC=always; either way the
+        # log holds `step.succeeded` back until it has landed, and dependents start now.
         output_write = sup.files.submit(
             sup.outputs_dir, f"{name}.txt", payload, sha256=output_sha256
         )
