@@ -168,6 +168,7 @@ class _StepEnd:
         self._cache_write = cache_write
 
     def ready(self) -> bool:
+        # Writes land in order, and the cache entry was submitted before the output.
         return self._sup.files.done(self._output_write)
 
     async def wait(self) -> None:
