@@ -10,7 +10,6 @@ retried with backoff.
 from __future__ import annotations
 
 import hashlib
-from contextlib import AbstractAsyncContextManager, nullcontext
 
 import trio
 
@@ -26,8 +25,6 @@ from .providers.base import LLMRequest, LLMResponse, Provider
 from .retry import RetryPolicy
 
 __all__ = ["call_with_retries"]
-
-_NO_LIMIT: AbstractAsyncContextManager[None] = nullcontext()
 
 
 async def call_with_retries(
@@ -99,59 +96,73 @@ async def _attempt_once(
 ) -> LLMResponse:
     # The breaker goes outside the limiter: a caller waiting for a half-open
     # probe must not hold a slot the probe itself may need.
-    slot: AbstractAsyncContextManager[object] = limiter if limiter is not None else _NO_LIMIT
-    async with breaker.attempt(), slot:
-        # Only what identifies the call: never headers, keys or the prompt itself.
-        common = {"provider": provider.name, "model": request.model, "attempt": attempt}
-        await emitter.llm_request(
-            step,
-            **common,
-            prompt_sha256=_prompt_sha256(request),
-            prompt_chars=_prompt_chars(request),
-        )
-        start = trio.current_time()
-        try:
-            response = await _complete_within(provider, request, timeout_s)
-        except trio.Cancelled:
-            # Keep request/response paired even for an attempt the job's end cut short;
-            # shielded, and bounded because the writer outlives every step.
-            with trio.CancelScope(shield=True):
-                await _log_response(emitter, step, common, start, status="cancelled")
-            raise
-        except Exception as exc:
-            await _log_response(emitter, step, common, start, status=_failure_status(exc))
-            raise
-        status = response.status if response.status is not None else "ok"
-        await _log_response(emitter, step, common, start, status=status, response=response)
-        return response
+    async with breaker.attempt():
+        if limiter is None:
+            return await _send(provider, request, step, emitter, timeout_s, attempt)
+        async with limiter:
+            return await _send(provider, request, step, emitter, timeout_s, attempt)
 
 
-async def _complete_within(
-    provider: Provider, request: LLMRequest, timeout_s: float
+async def _send(
+    provider: Provider,
+    request: LLMRequest,
+    step: str,
+    emitter: EventEmitter,
+    timeout_s: float,
+    attempt: int,
 ) -> LLMResponse:
-    # trio.fail_after, without its generator-based context manager (one per call).
-    with trio.CancelScope(deadline=trio.current_time() + timeout_s):
-        return await provider.complete(request)
-    # Only the deadline's own cancellation lands here. Raised inside the breaker's
-    # scope, so a timeout counts as a breaker failure.
-    raise ProviderTimeoutError(
-        f"{provider.name}: timed out after {timeout_s:g}s", provider=provider.name
+    """One attempt under its deadline, logged as an `llm.request` / `llm.response` pair."""
+    # Only what identifies the call: never headers, keys or the prompt itself.
+    provider_name, model = provider.name, request.model
+    await emitter.llm_request(
+        step,
+        provider=provider_name,
+        model=model,
+        attempt=attempt,
+        prompt_sha256=_prompt_sha256(request),
+        prompt_chars=len(request.system or "") + len(request.prompt),
     )
+    start = trio.current_time()
+    try:
+        # trio.fail_after, without its generator-based context manager (one per call).
+        with trio.CancelScope(deadline=start + timeout_s) as deadline:
+            response = await provider.complete(request)
+        if deadline.cancelled_caught:
+            # Raised inside the breaker's scope, so a timeout counts as a breaker failure.
+            raise ProviderTimeoutError(
+                f"{provider_name}: timed out after {timeout_s:g}s", provider=provider_name
+            )
+    except trio.Cancelled:
+        # Keep request/response paired even for an attempt the job's end cut short;
+        # shielded, and bounded because the writer outlives every step.
+        with trio.CancelScope(shield=True):
+            await _log_response(emitter, step, provider_name, model, attempt, start, "cancelled")
+        raise
+    except Exception as exc:
+        status = _failure_status(exc)
+        await _log_response(emitter, step, provider_name, model, attempt, start, status)
+        raise
+    status = response.status if response.status is not None else "ok"
+    await _log_response(emitter, step, provider_name, model, attempt, start, status, response)
+    return response
 
 
 async def _log_response(
     emitter: EventEmitter,
     step: str,
-    common: dict[str, object],
+    provider: str,
+    model: str,
+    attempt: int,
     start: float,
-    *,
     status: int | str,
     response: LLMResponse | None = None,
 ) -> None:
     await emitter.llm_response(
         step,
         status=status,
-        **common,
+        provider=provider,
+        model=model,
+        attempt=attempt,
         latency_s=round(trio.current_time() - start, 6),
         input_tokens=response.input_tokens if response is not None else None,
         output_tokens=response.output_tokens if response is not None else None,
@@ -168,7 +179,3 @@ def _failure_status(exc: Exception) -> int | str:
 def _prompt_sha256(request: LLMRequest) -> str:
     text = (request.system or "") + "\n" + request.prompt
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _prompt_chars(request: LLMRequest) -> int:
-    return len(request.system or "") + len(request.prompt)

@@ -105,6 +105,7 @@ class Supervisor:
         self._providers: dict[str, Provider] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._provider_limiters: dict[str, trio.CapacityLimiter] = {}
+        self._policies: dict[int | None, RetryPolicy] = {}  # by a step's `retries`
         self._failed = False
         self._steps_scope = trio.CancelScope()
         self._manifest_dirty = trio.Event()
@@ -156,7 +157,11 @@ class Supervisor:
     async def call(
         self, provider: Provider, request: LLMRequest, step: Step
     ) -> tuple[LLMResponse, int]:
-        policy = RetryPolicy.from_settings(self.settings, max_retries=step.retries)
+        policy = self._policies.get(step.retries)
+        if policy is None:
+            policy = self._policies[step.retries] = RetryPolicy.from_settings(
+                self.settings, max_retries=step.retries
+            )
         return await call_with_retries(
             provider,
             request,
