@@ -94,12 +94,17 @@ class TornLineWarning(UserWarning):
 def utc_now_iso() -> str:
     """The current time as `2026-11-24T05:23:34.123456+00:00`."""
     global _last_second
-    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    microseconds = time.time_ns() // 1000
+    seconds = microseconds // 1_000_000
     second = _last_second  # one read: another thread may replace it meanwhile
     if second[0] != seconds:
         # Formatted once a second: a busy job stamps thousands of events in one.
-        second = _last_second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
-    return f"{second[1]}.{nanoseconds // 1000:06d}+00:00"
+        second = _last_second = (
+            seconds,
+            time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds)),
+        )
+    # str() of 1,000,000 + the microseconds, less its leading 1: six digits, zero-padded.
+    return second[1] + str(microseconds - seconds * 1_000_000 + 1_000_000)[1:] + "+00:00"
 
 
 _last_second: tuple[int, str] = (-1, "")
@@ -222,6 +227,14 @@ class EventEmitter:
         await self.send(event)
         return event
 
+    async def _emit(
+        self, type: str, step: str | None, level: str, data: Mapping[str, Any] | None
+    ) -> Event:
+        # The helpers' path: their types and levels are valid by construction.
+        event = Event(utc_now_iso(), level, self.job_id, type, step, data)
+        await self.send(event)
+        return event
+
     async def send(self, item: Event | Deferred) -> None:
         """Send a built event, or a `Deferred`, to the writer."""
         try:
@@ -237,71 +250,64 @@ class EventEmitter:
     # -- job and step helpers -------------------------------------------------
 
     async def job_started(self, **data: Any) -> Event:
-        return await self.emit("job.started", data=data)
+        return await self._emit("job.started", None, "INFO", data)
 
     async def job_finished(self, status: str, **data: Any) -> Event:
         level = {"succeeded": "INFO", "failed": "ERROR"}.get(status, "WARN")
-        return await self.emit("job.finished", level=level, data={"status": status, **data})
+        return await self._emit("job.finished", None, level, {"status": status, **data})
 
     async def step_started(self, step: str) -> Event:
-        return await self.emit("step.started", step=step)
+        return await self._emit("step.started", step, "INFO", None)
 
     async def step_succeeded(self, step: str, **data: Any) -> Event:
-        return await self.emit("step.succeeded", step=step, data=data)
+        return await self._emit("step.succeeded", step, "INFO", data)
 
     async def step_failed(
         self, step: str, *, error: str, message: str, attempts: int, **data: Any
     ) -> Event:
         data = {"error": error, "message": message, "attempts": attempts, **data}
-        return await self.emit("step.failed", step=step, data=data)
+        return await self._emit("step.failed", step, "ERROR", data)
 
     async def step_skipped(self, step: str, reason: str, **data: Any) -> Event:
         level = "WARN" if reason == "upstream_failed" else "INFO"
-        return await self.emit(
-            "step.skipped", step=step, level=level, data={"reason": reason, **data}
-        )
+        return await self._emit("step.skipped", step, level, {"reason": reason, **data})
 
     # -- llm, cache, files ----------------------------------------------------
 
     async def llm_request(self, step: str, **data: Any) -> Event:
-        return await self.emit("llm.request", step=step, data=data)
+        return await self._emit("llm.request", step, "INFO", data)
 
     async def llm_response(self, step: str, *, status: int | str | None, **data: Any) -> Event:
         ok = status is None or status == "ok" or (isinstance(status, int) and status < 400)
-        return await self.emit(
-            "llm.response",
-            step=step,
-            level="INFO" if ok else "WARN",
-            data={"status": status, **data},
-        )
+        level = "INFO" if ok else "WARN"
+        return await self._emit("llm.response", step, level, {"status": status, **data})
 
     async def llm_retry(self, step: str, *, attempt: int, delay_s: float, reason: str) -> Event:
         data = {"attempt": attempt, "delay_s": round(delay_s, 6), "reason": reason}
-        return await self.emit("llm.retry", step=step, data=data)
+        return await self._emit("llm.retry", step, "WARN", data)
 
     async def breaker(self, transition: str, *, provider: str, failures: int) -> Event:
-        return await self.emit(
-            f"breaker.{transition}", data={"provider": provider, "failures": failures}
-        )
+        # `transition` comes from the breaker: opened, half_open or closed.
+        type = f"breaker.{transition}"
+        data = {"provider": provider, "failures": failures}
+        return await self._emit(type, None, EVENT_TYPES[type], data)
 
     async def cache_hit(self, step: str, key: str) -> Event:
-        return await self.emit("cache.hit", step=step, data={"key": key})
+        return await self._emit("cache.hit", step, "INFO", {"key": key})
 
     async def cache_miss(self, step: str, key: str, *, reason: str | None = None) -> Event:
         if reason is None:
-            return await self.emit("cache.miss", step=step, data={"key": key})
-        return await self.emit(
-            "cache.miss", step=step, level="WARN", data={"key": key, "reason": reason}
-        )
+            return await self._emit("cache.miss", step, "INFO", {"key": key})
+        return await self._emit("cache.miss", step, "WARN", {"key": key, "reason": reason})
 
     async def cache_error(self, step: str, key: str, *, reason: str) -> Event:
-        return await self.emit("cache.error", step=step, data={"key": key, "reason": reason})
+        return await self._emit("cache.error", step, "WARN", {"key": key, "reason": reason})
 
     async def file_written(
         self, step: str | None, *, path: str, sha256: str, wrote: bool, reason: str
     ) -> Event:
         data = {"path": path, "sha256": sha256, "wrote": wrote, "reason": reason}
-        return await self.emit("file.written", step=step, data=data)
+        return await self._emit("file.written", step, "INFO", data)
 
 
 class EventWriter:
