@@ -88,9 +88,12 @@ def _locate(root: str, relpath: str) -> tuple[str, os.stat_result | None]:
     current = real_root
     for part in parts:
         current = f"{current}{os.sep}{part}"
+        # Most targets do not exist yet: ask without the cost of raising an exception.
+        if not os.access(current, os.F_OK, follow_symlinks=False):
+            return os.path.join(real_root, *parts), None
         try:
             found = os.lstat(current)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError):  # removed since
             return os.path.join(real_root, *parts), None
         if stat.S_ISLNK(found.st_mode):
             target = os.path.join(real_root, *parts)
