@@ -42,6 +42,7 @@ __all__ = ["JobResult", "Supervisor"]
 
 _CLEANUP_DEADLINE_S = 5.0
 _MANIFEST_INTERVAL_S = 0.1
+_MANIFEST_COST_RATIO = 20
 _EVENT_BUFFER = 1024
 
 
@@ -266,9 +267,14 @@ class Supervisor:
         }
         for step in self.pipeline.steps:
             send_channel = inboxes[step.name][0]
-            for upstream in step.needs:
+            if not step.needs:
+                send_channel.close()
+                continue
+            # One send side per upstream: the first gets the original, the rest clones.
+            first, *others = step.needs
+            for upstream in others:
                 dependents[upstream].append(send_channel.clone())
-            send_channel.close()
+            dependents[first].append(send_channel)
         with self._steps_scope:
             async with trio.open_nursery() as nursery:
                 for step in self.pipeline.steps:
@@ -296,12 +302,18 @@ class Supervisor:
         await self._write_manifest()
 
     async def _manifest_task(self) -> None:
-        # Coalesced: at most one rewrite every ~100 ms, and only after a step or job transition.
+        # Coalesced: one rewrite for the transitions of an interval, at most every ~100 ms.
+        # Rewriting costs time in proportion to the steps, so a big manifest waits longer:
+        # it never takes more than about 1/_MANIFEST_COST_RATIO of the job's time.
+        interval = _MANIFEST_INTERVAL_S
         while True:
             await self._manifest_dirty.wait()
+            await trio.sleep(interval)
             self._manifest_dirty = trio.Event()
+            started = time.perf_counter()
             await self._write_manifest()
-            await trio.sleep(_MANIFEST_INTERVAL_S)
+            cost = time.perf_counter() - started
+            interval = max(_MANIFEST_INTERVAL_S, cost * _MANIFEST_COST_RATIO)
 
     async def _write_manifest(self) -> None:
         # The lock keeps an older snapshot from landing after a newer one when the
