@@ -62,6 +62,9 @@ EVENT_TYPES: Mapping[str, str] = {
 
 # How often, at most, the writer fsyncs (RUNNER_FSYNC=batch); the job's end always is.
 _FSYNC_INTERVAL_S = 0.05
+# After each batch the writer lets events gather this long: one wake-up and one write()
+# for the events of many steps rather than for each. A follower sees them that much later.
+_GATHER_S = 0.001
 # Events after which the writer makes the log durable (fsync).
 _DURABLE_POINTS = frozenset({"step.succeeded", "step.failed", "step.skipped", "job.finished"})
 
@@ -424,6 +427,7 @@ class EventWriter:
                     self._waiters.remove(waiter)
                     waiter[1].set()
             await self._fan_out(events)
+            await trio.sleep(_GATHER_S)
 
     async def _sync_timer(self, fd: int) -> None:
         # Durable within _FSYNC_INTERVAL_S of a step end: one thread hop per interval,
