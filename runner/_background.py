@@ -28,7 +28,7 @@ from .filestore import DirtyDirs, write_atomic
 
 __all__ = ["BackgroundWrites"]
 
-_Item = tuple[int, str, str, bytes, str | None]
+_Item = tuple[int, str, str, bytes, str | None, bool]
 
 
 class BackgroundWrites:
@@ -58,11 +58,20 @@ class BackgroundWrites:
             self._thread.start()
 
     def submit(
-        self, root: str | os.PathLike[str], relpath: str, data: bytes, *, sha256: str | None = None
+        self,
+        root: str | os.PathLike[str],
+        relpath: str,
+        data: bytes,
+        *,
+        sha256: str | None = None,
+        sync_dir: bool = True,
     ) -> int:
-        """`write_atomic(root, relpath, data)`, now or queued; returns its ticket."""
+        """`write_atomic(root, relpath, data)`, now or queued; returns its ticket.
+
+        `sync_dir=False` leaves the directory out of `RUNNER_FSYNC=batch`'s next fsync.
+        """
         self._submitted += 1
-        item = (self._submitted, os.fspath(root), relpath, data, sha256)
+        item = (self._submitted, os.fspath(root), relpath, data, sha256, sync_dir)
         if self.threaded:
             assert self._thread is not None, "start() first"
             self._queue.put(item)
@@ -106,10 +115,11 @@ class BackgroundWrites:
             self._write(item)
 
     def _write(self, item: _Item) -> None:
-        ticket, root, relpath, data, sha256 = item
+        ticket, root, relpath, data, sha256, sync_dir = item
+        dirty = self._dirty if sync_dir else None
         failure: RunnerError | None = None
         try:
-            write_atomic(root, relpath, data, fsync=self._fsync, dirty=self._dirty, sha256=sha256)
+            write_atomic(root, relpath, data, fsync=self._fsync, dirty=dirty, sha256=sha256)
         except RunnerError as exc:
             failure = exc
         except Exception as exc:  # a bug must not kill the thread and hang the job

@@ -95,9 +95,7 @@ class Supervisor:
             fsync=settings.fsync, dirty=self.dirty, threaded=settings.fsync == "always"
         )
         self.cache = (
-            Cache(cache_dir or run_dir / ".cache", fsync=settings.fsync, dirty=self.dirty)
-            if use_cache
-            else None
+            Cache(cache_dir or run_dir / ".cache", fsync=settings.fsync) if use_cache else None
         )
         self.step_limiter: trio.CapacityLimiter | contextlib.nullcontext[None] = (
             trio.CapacityLimiter(concurrency) if concurrency else contextlib.nullcontext()

@@ -10,9 +10,9 @@ import pytest
 import trio
 from helpers import events, fake_pipeline
 
-from runner import Event, PathEscapeError, Settings, Step, StorageError, run_dag
+from runner import Event, PathEscapeError, Settings, Step, StorageError, filestore, run_dag
 from runner._background import BackgroundWrites
-from runner.filestore import sha256_bytes
+from runner.filestore import DirtyDirs, sha256_bytes
 
 
 def test_writes_land_in_order_and_drain_waits_for_all(tmp_path: Path) -> None:
@@ -119,3 +119,27 @@ def test_without_a_thread_a_write_has_landed_when_submit_returns(tmp_path: Path)
         [t for t in threading.enumerate() if t.name == "runner-writes"],
     )
     writes.close()
+
+
+@pytest.mark.parametrize("sync_dir", [True, False])
+def test_only_writes_that_ask_for_it_leave_their_directory_to_the_batch_fsync(
+    tmp_path: Path, sync_dir: bool
+) -> None:
+    # Cache entries pass sync_dir=False: their directories are not fsynced in batches.
+    dirty = DirtyDirs()
+    writes = BackgroundWrites(fsync="batch", dirty=dirty, threaded=False)
+    writes.submit(tmp_path, "ab/entry.json", b"{}", sync_dir=sync_dir)
+    assert b"{}" == (tmp_path / "ab" / "entry.json").read_bytes()
+    assert ({str(tmp_path / "ab")} if sync_dir else set()) == dirty._dirs
+
+
+async def test_a_job_leaves_cache_directories_out_of_the_batch_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    monkeypatch.setattr(filestore, "_fsync_dir", lambda directory: synced.append(str(directory)))
+    pipeline = fake_pipeline([Step("a", prompt="x"), Step("b", prompt="y", needs=["a"])])
+    result = await run_dag(pipeline, runs_dir=tmp_path, settings=Settings(fsync="batch"))
+    assert "succeeded" == result.status
+    assert any(path.endswith("outputs") for path in synced)
+    assert not [path for path in synced if ".cache" in path]
