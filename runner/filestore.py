@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import stat
 import threading
@@ -86,14 +87,15 @@ def _locate(root: str, relpath: str) -> tuple[str, os.stat_result | None]:
     # Only a symlink under root can lead out: lstat each existing component (cheaper than
     # resolving from /), and resolve fully only when one is a link.
     current = real_root
-    for part in parts:
+    last = len(parts) - 1
+    for index, part in enumerate(parts):
         current = f"{current}{os.sep}{part}"
         # Most targets do not exist yet: ask without the cost of raising an exception.
-        if not os.access(current, os.F_OK, follow_symlinks=False):
-            return os.path.join(real_root, *parts), None
+        if index == last and not os.access(current, os.F_OK, follow_symlinks=False):
+            return current, None
         try:
             found = os.lstat(current)
-        except (FileNotFoundError, NotADirectoryError):  # removed since
+        except (FileNotFoundError, NotADirectoryError):
             return os.path.join(real_root, *parts), None
         if stat.S_ISLNK(found.st_mode):
             target = os.path.join(real_root, *parts)
@@ -104,6 +106,22 @@ def _locate(root: str, relpath: str) -> tuple[str, os.stat_result | None]:
                 )
             return target, found if current == target else _lstat(target)
     return current, found
+
+
+def _new_tmp_names() -> None:
+    global _tmp_token, _tmp_counter
+    _tmp_token, _tmp_counter = os.urandom(6).hex(), itertools.count()
+
+
+_tmp_token = ""
+_tmp_counter = itertools.count()
+_new_tmp_names()
+os.register_at_fork(after_in_child=_new_tmp_names)
+
+
+def _tmp_suffix() -> str:
+    # Unique without a getrandom() per write: a random token per process, and a counter.
+    return f"{_tmp_token}{next(_tmp_counter):x}"
 
 
 def _lstat(path: str) -> os.stat_result | None:
@@ -157,12 +175,15 @@ def write_atomic(
     ):
         return WriteResult(path=relpath, sha256=new_hash, wrote=False, reason="nochange")
     directory, name = os.path.split(target)
-    tmp = f"{directory}{os.sep}{_TMP_PREFIX}{name}.{os.urandom(4).hex()}"
+    tmp = f"{directory}{os.sep}{_TMP_PREFIX}{name}.{_tmp_suffix()}"
     try:
         try:
             fd = os.open(tmp, _CREATE, 0o644)
         except FileNotFoundError:
             os.makedirs(directory, exist_ok=True)
+            fd = os.open(tmp, _CREATE, 0o644)
+        except FileExistsError:  # another process's name, left by a crash: take a fresh one
+            tmp = f"{directory}{os.sep}{_TMP_PREFIX}{name}.{os.urandom(8).hex()}"
             fd = os.open(tmp, _CREATE, 0o644)
         try:
             try:

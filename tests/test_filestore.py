@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from runner import Event, EventEmitter, PathEscapeError, StorageError, run_dag, safe_write
+from runner import (
+    Event,
+    EventEmitter,
+    PathEscapeError,
+    StorageError,
+    filestore,
+    run_dag,
+    safe_write,
+)
 from runner.filestore import DirtyDirs, leftover_temp_files, sha256_bytes
 from runner.pipeline import load_pipeline
 
@@ -87,6 +95,36 @@ async def test_safe_write_leaves_no_temp_file_when_the_write_fails(tmp_path: Pat
     with pytest.raises(StorageError, match=r"^cannot write 'a.txt'"):
         await safe_write(tmp_path, "a.txt", b"x")
     assert [] == leftover_temp_files([tmp_path])
+
+
+async def test_a_temp_name_left_by_another_process_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Temp names are a per-process token and a counter: a crashed process with the
+    # same token (or a forked child) may have left one behind. It is never touched.
+    monkeypatch.setattr(filestore, "_tmp_suffix", lambda: "same")
+    left = tmp_path / ".tmp-a.txt.same"
+    left.write_bytes(b"someone else's")
+    result = await safe_write(tmp_path, "a.txt", b"mine")
+    assert (b"mine", "created") == ((tmp_path / "a.txt").read_bytes(), result["reason"])
+    assert b"someone else's" == left.read_bytes()
+    assert [left] == leftover_temp_files([tmp_path])
+
+
+def test_temp_names_differ_between_writes_and_processes() -> None:
+    names = {filestore._tmp_suffix() for _ in range(1000)}
+    assert 1000 == len(names)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: after fork its names must not repeat the parent's
+        os.write(write, filestore._tmp_suffix().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as child:
+        child_name = child.read().decode()
+    assert child_name
+    assert child_name not in names | {filestore._tmp_suffix()}
 
 
 async def test_safe_write_emits_file_written(tmp_path: Path) -> None:
