@@ -23,6 +23,8 @@ from .providers.base import LLMRequest, LLMResponse
 __all__ = ["Cache", "CorruptCacheEntry", "compute_cache_key"]
 
 _ENTRY_FORMAT = 1
+# An entry stores every field of the response (all plain values: no `attrs.asdict` walk).
+_RESPONSE_FIELDS = tuple(field.name for field in attrs.fields(LLMResponse))
 
 
 def compute_cache_key(
@@ -98,7 +100,8 @@ class Cache:
 
     def entry(self, key: str, response: LLMResponse) -> tuple[str, bytes]:
         """Where the entry for `key` goes under `root`, and its bytes (what `put` writes)."""
-        record = {"format": _ENTRY_FORMAT, "key": key, "response": attrs.asdict(response)}
+        fields = {name: getattr(response, name) for name in _RESPONSE_FIELDS}
+        record = {"format": _ENTRY_FORMAT, "key": key, "response": fields}
         return self._relpath(key), sorted_json(record)
 
 
