@@ -328,3 +328,14 @@ def test_a_job_whose_process_died_reads_interrupted(runs_dir: Path) -> None:
         document["steps"]["a"]["status"],
         document["steps"]["b"]["status"],
     )
+
+
+def test_version_is_one_value_everywhere() -> None:
+    # `runner --version`, runner.__version__ and the installed package's metadata agree.
+    from importlib.metadata import version
+
+    import runner
+
+    code, out, _ = invoke("--version")
+    assert (0, f"runner, version {runner.__version__}\n") == (code, out)
+    assert runner.__version__ == version("runner")
