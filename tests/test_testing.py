@@ -1,11 +1,17 @@
 """The loopback fake LLM server, exercised with a real httpx client over real sockets."""
 
+import ast
 import json
+import subprocess
+import sys
+import types
+from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+import runner.testing
 from runner.testing import (
     Drop,
     Fail,
@@ -677,3 +683,55 @@ async def test_errors_in_the_block_come_out_unwrapped():
     with pytest.raises(KeyError, match=r"^'boom'$"):
         async with open_fake_llm_server():
             raise KeyError("boom")
+
+
+# -- where the public names live --------------------------------------------------------
+
+
+def public_objects():
+    """Each name in `runner.testing.__all__` with its objects; a union alias gives its members."""
+    for name in runner.testing.__all__:
+        value = getattr(runner.testing, name)
+        members = value.__args__ if isinstance(value, types.UnionType) else (value,)
+        yield from ((name, member) for member in members)
+
+
+@pytest.mark.parametrize(("name", "value"), list(public_objects()))
+def test_public_names_live_in_public_modules(name, value):
+    module = value.__module__
+
+    assert (True, False) == (module.startswith("runner.testing."), "._" in module), module
+
+
+def test_the_package_init_imports_only_public_names_from_its_own_modules():
+    init = Path(runner.testing.__file__)
+    imports = [
+        node for node in ast.walk(ast.parse(init.read_text())) if isinstance(node, ast.ImportFrom)
+    ]
+    private = [
+        f"{'.' * node.level}{node.module}: {alias.name}"
+        for node in imports
+        for alias in node.names
+        if node.level != 1 or node.module.startswith("_") or alias.name.startswith("_")
+    ]
+
+    assert [] == private
+
+
+def test_importing_it_loads_no_private_runner_module():
+    # `import runner` loads private modules of its own (such as `_version`), which
+    # `runner.testing` may share; it must not add any.
+    code = (
+        "import sys, runner\n"
+        "before = set(sys.modules)\n"
+        "import runner.testing\n"
+        "print('\\n'.join(sorted(set(sys.modules) - before)))\n"
+    )
+    root = Path(runner.testing.__file__).parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    loaded = [name for name in result.stdout.split() if name.split(".")[0] == "runner"]
+
+    assert "runner.testing" in loaded
+    assert [] == [name for name in loaded if "._" in name]
