@@ -1,44 +1,37 @@
-"""`Pipeline` and `Step`: loading from TOML or Python, validation, templating.
+"""`Pipeline`, `Step` and `InputSpec`: what a pipeline is, and the rules every pipeline obeys.
 
-Pure: no I/O but reading the pipeline file.
+Pure: no I/O. Files become pipelines in `pipeline_files.py`; templates live in
+`templates.py`. Built from a file or from Python, a `Pipeline` checks itself, and
+every mistake is a `PipelineError` naming the file, the step and the field::
 
-Every mistake is a `PipelineError` naming the file, the step and the field,
-raised before any call is made::
-
-    app.toml: steps.builder.needs: unknown step 'architec' (known: architect, reviewer)
+    app.toml: steps.builder.needs: unknown step 'architec' (known: architect, builder)
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import json
-import os
 import re
-import tomllib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .errors import PipelineError
-from .graph import ancestors, find_cycle, topological_order
+from .graph import find_cycle, topological_order
+from .templates import referenced_inputs, template_problem
 
 if TYPE_CHECKING:
     from .step import StepContext
 
-__all__ = ["InputSpec", "Pipeline", "Step", "load_pipeline", "render"]
+__all__ = ["InputSpec", "Pipeline", "Step"]
 
 StepFunction = Callable[["StepContext"], Awaitable[str]]
 
 _PROVIDERS = ("fake", "openai", "anthropic", "ollama")
-# \Z, not $: "$" also matches before a trailing newline.
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\Z")
-_TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-_INPUT_REF = re.compile(r"^\s*inputs\.([A-Za-z_][A-Za-z0-9_-]*)\s*$")
-_STEP_REF = re.compile(r"^\s*steps\.([A-Za-z_][A-Za-z0-9_-]*)\.output\s*$")
+# The names of the pipeline and its steps. \Z, not $: "$" also matches before a trailing newline.
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\Z")
 
 
 def _is_int(value: Any) -> bool:
@@ -49,8 +42,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-# Field -> (type check, what it expects). Shared by [defaults] and [steps.X].
-_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+# Field -> (check of type and range, what it expects). Shared by [defaults] and [steps.X].
+FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "provider": (lambda v: isinstance(v, str), "a provider name"),
     "model": (lambda v: isinstance(v, str) and v != "", "a model name"),
     "system": (lambda v: isinstance(v, str), "a string"),
@@ -66,7 +59,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retries": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
     "options": (lambda v: isinstance(v, Mapping), "a table of provider options"),
 }
-_STEP_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
+STEP_ONLY_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prompt": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
     "needs": (
         lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
@@ -89,9 +82,6 @@ _FAKE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a table of step = error message",
     ),
 }
-#: Above this many max_tokens, `stream = "auto"` (the default) streams the response, so a
-#: long generation shows progress to httpx's read timeout instead of looking like a hang.
-STREAM_ABOVE_MAX_TOKENS = 1024
 _BUILTIN_DEFAULTS: dict[str, Any] = {
     "provider": "fake",
     "model": "echo",
@@ -196,7 +186,7 @@ class Pipeline:
 
     def _resolve(self, step: Step) -> Step:
         changes: dict[str, Any] = {}
-        for field in _FIELDS:
+        for field in FIELD_RULES:
             if getattr(step, field) is None:
                 value = self.defaults.get(field, _BUILTIN_DEFAULTS.get(field))
                 if value is not None:
@@ -278,8 +268,9 @@ class Pipeline:
         return (self._canonical + "\n").encode()
 
     def referenced_inputs(self, step: Step) -> set[str]:
+        """The inputs the step's prompt and system prompt use (its own, or the default one)."""
         text = (step.prompt or "") + (step.system or "") + (self.defaults.get("system") or "")
-        return {m.group(1) for t in _TEMPLATE.finditer(text) if (m := _INPUT_REF.match(t.group(1)))}
+        return referenced_inputs(text)
 
     def sha256(self) -> str:
         return hashlib.sha256(self._canonical.encode()).hexdigest()
@@ -301,149 +292,19 @@ def canonical_json(value: Any) -> str:
     )
 
 
-def render(template: str, inputs: Mapping[str, str], outputs: Mapping[str, str]) -> str:
-    """Fill `{{ inputs.NAME }}` and `{{ steps.NAME.output }}` in one pass (no re-rendering)."""
-
-    def substitute(match: re.Match[str]) -> str:
-        expr = match.group(1)
-        if m := _INPUT_REF.match(expr):
-            return inputs[m.group(1)]
-        if m := _STEP_REF.match(expr):
-            return outputs[m.group(1)]
-        raise PipelineError(f"unsupported template expression {{{{{expr}}}}}")
-
-    return _TEMPLATE.sub(substitute, template)
-
-
-def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
-    """Read and validate a pipeline TOML file.
-
-    Raises `PipelineError` naming the file, the step and the field.
-    """
-    source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise PipelineError(f"{source}: cannot read pipeline ({exc.strerror or exc})") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"{source}: invalid TOML: {exc}") from None
-    return pipeline_from_dict(data, source=source)
-
-
-def pipeline_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Pipeline:
-    """Build a `Pipeline` from the TOML / `pipeline.json` structure, validating every field."""
-
-    def fail(where: str, message: str) -> PipelineError:
-        return PipelineError(f"{source}: {where}: {message}")
-
-    known_top = {"name", "version", "description", "inputs", "defaults", "providers", "steps"}
-    for key in data:
-        if key not in known_top:
-            raise fail(key, f"unknown field (expected one of {', '.join(sorted(known_top))})")
-    name = data.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise fail("name", "expected a name of letters, digits, '-' or '_'")
-    version = data.get("version", "1")
-    if not isinstance(version, str | int):
-        raise fail("version", "expected a string")
-    inputs = {}
-    for input_name, spec in _table(data, "inputs", fail).items():
-        inputs[input_name] = _input_spec(spec, f"inputs.{input_name}", fail)
-    defaults = _fields(_table(data, "defaults", fail), "defaults", _FIELDS, fail)
-    providers = _table(data, "providers", fail)
-    steps_table = _table(data, "steps", fail)
-    if not steps_table:
-        raise fail("steps", "a pipeline needs at least one step")
-    steps = []
-    for step_name, spec in steps_table.items():
-        where = f"steps.{step_name}"
-        if not isinstance(spec, dict):
-            raise fail(where, "expected a table")
-        spec = dict(spec)
-        fn_ref = spec.pop("fn", None)
-        fields = _fields(spec, where, {**_FIELDS, **_STEP_ONLY}, fail)
-        if fn_ref is not None:
-            fields["fn"] = _import_fn(fn_ref, f"{where}.fn", fail)
-        steps.append(Step(name=step_name, **fields))
-    return Pipeline(
-        name=name,
-        version=str(version),
-        inputs=inputs,
-        defaults=defaults,
-        providers=providers,
-        steps=steps,
-        source=source,
-    )
-
-
-def _table(
-    data: Mapping[str, Any], key: str, fail: Callable[[str, str], PipelineError]
-) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise fail(key, "expected a table")
-    return value
-
-
-def _input_spec(spec: Any, where: str, fail: Callable[[str, str], PipelineError]) -> InputSpec:
-    if isinstance(spec, str):
-        return InputSpec(default=spec)
-    if not isinstance(spec, dict):
-        raise fail(where, "expected a string default or a table {default, description}")
-    for key, value in spec.items():
-        if key not in ("default", "description"):
-            raise fail(f"{where}.{key}", "unknown field (expected default or description)")
-        if value is not None and not isinstance(value, str):
-            raise fail(f"{where}.{key}", "expected a string")
-    return InputSpec(default=spec.get("default"), description=spec.get("description", ""))
-
-
-def _fields(
-    spec: Mapping[str, Any],
-    where: str,
-    allowed: Mapping[str, tuple[Callable[[Any], bool], str]],
-    fail: Callable[[str, str], PipelineError],
-) -> dict[str, Any]:
-    out = {}
-    for key, value in spec.items():
-        if key not in allowed:
-            raise fail(
-                f"{where}.{key}", f"unknown field (expected one of {', '.join(sorted(allowed))})"
-            )
-        check, expects = allowed[key]
-        if not check(value):
-            raise fail(f"{where}.{key}", f"expected {expects}, got {value!r}")
-        out[key] = value
-    return out
-
-
-def _import_fn(ref: Any, where: str, fail: Callable[[str, str], PipelineError]) -> StepFunction:
-    module_name, _, qualname = str(ref).partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError, ValueError):
-        raise fail(where, f"cannot import {ref!r}") from None
-    fn: StepFunction = target
-    return fn
-
-
 def _validate(pipeline: Pipeline) -> None:
     source = pipeline.source
 
     def fail(where: str, message: str) -> PipelineError:
         return PipelineError(f"{source}: {where}: {message}")
 
-    if not isinstance(pipeline.name, str) or not _NAME.match(pipeline.name):
+    if not isinstance(pipeline.name, str) or not NAME_PATTERN.match(pipeline.name):
         raise fail("name", "expected a name of letters, digits, '-' or '_'")
     for input_name, spec in pipeline.inputs.items():
         if not isinstance(spec, InputSpec):
             raise fail(f"inputs.{input_name}", f"expected an InputSpec, got {spec!r}")
-    # The Python API skips `pipeline_from_dict`, so field types are checked here too.
-    _fields(pipeline.defaults, "defaults", _FIELDS, fail)
+    # Types as well as ranges: a pipeline built in Python was never structured from a file.
+    _fields(pipeline.defaults, "defaults", FIELD_RULES, fail)
     provider = pipeline.defaults.get("provider")
     if provider is not None and provider not in _PROVIDERS:
         raise fail(
@@ -462,16 +323,16 @@ def _validate(pipeline: Pipeline) -> None:
         raise fail("steps", "a pipeline needs at least one step")
     names: set[str] = set()
     for step in pipeline.steps:
-        if not isinstance(step.name, str) or not _NAME.match(step.name):
+        if not isinstance(step.name, str) or not NAME_PATTERN.match(step.name):
             raise fail(f"steps.{step.name!r}", "step names are letters, digits, '-' or '_'")
         if step.name in names:
             raise fail(f"steps.{step.name}", "duplicate step name")
         names.add(step.name)
-        values = {field: getattr(step, field) for field in (*_FIELDS, *_STEP_ONLY)}
+        values = {field: getattr(step, field) for field in (*FIELD_RULES, *STEP_ONLY_RULES)}
         _fields(
             {k: v for k, v in values.items() if v is not None},
             f"steps.{step.name}",
-            {**_FIELDS, **_STEP_ONLY},
+            {**FIELD_RULES, **STEP_ONLY_RULES},
             fail,
         )
     needs = pipeline.needs
@@ -495,38 +356,26 @@ def _validate(pipeline: Pipeline) -> None:
             )
         for field in ("prompt", "system"):
             text = getattr(step, field)
-            _check_template(text, pipeline.inputs, needs, step.name, f"{where}.{field}", fail)
+            problem = template_problem(text, inputs=pipeline.inputs, needs=needs, step=step.name)
+            if problem is not None:
+                raise fail(f"{where}.{field}", problem)
     text = pipeline.defaults.get("system")
-    _check_template(text, pipeline.inputs, {}, None, "defaults.system", fail)
+    problem = template_problem(text, inputs=pipeline.inputs, needs={}, step=None)
+    if problem is not None:
+        raise fail("defaults.system", problem)
 
 
-def _check_template(
-    text: str | None,
-    inputs: Mapping[str, InputSpec],
-    needs: Mapping[str, tuple[str, ...]],
-    step: str | None,
+def _fields(
+    spec: Mapping[str, Any],
     where: str,
+    allowed: Mapping[str, tuple[Callable[[Any], bool], str]],
     fail: Callable[[str, str], PipelineError],
 ) -> None:
-    if not text:
-        return
-    upstream: set[str] | None = None
-    for match in _TEMPLATE.finditer(text):
-        expr = match.group(1)
-        # One line: a multi-line expression must not break the one-line error.
-        shown = "{{ " + " ".join(expr.split()) + " }}"
-        if m := _INPUT_REF.match(expr):
-            if m.group(1) not in inputs:
-                raise fail(where, f"unknown input {m.group(1)!r} in {shown}")
-        elif m := _STEP_REF.match(expr):
-            if step is not None and m.group(1) in needs[step]:
-                continue
-            # Ancestors only past the direct needs: a long chain stays fast to validate.
-            if upstream is None:
-                upstream = ancestors(needs, step) if step is not None else set()
-            if m.group(1) not in upstream:
-                raise fail(where, f"step {m.group(1)!r} is not upstream (add it to needs)")
-        else:
+    for key, value in spec.items():
+        if key not in allowed:
             raise fail(
-                where, f"unsupported template {shown} (use inputs.NAME or steps.NAME.output)"
+                f"{where}.{key}", f"unknown field (expected one of {', '.join(sorted(allowed))})"
             )
+        check, expects = allowed[key]
+        if not check(value):
+            raise fail(f"{where}.{key}", f"expected {expects}, got {value!r}")
