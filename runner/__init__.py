@@ -30,14 +30,14 @@ from .errors import RateLimitError as RateLimitError
 from .errors import RetryableProviderError as RetryableProviderError
 from .errors import RunnerError as RunnerError
 from .errors import StorageError as StorageError
+from .event_writer import EventEmitter as EventEmitter
 from .events import Event as Event
-from .events import EventEmitter as EventEmitter
 from .events import read_events as read_events
 from .filestore import safe_write as safe_write
 from .pipeline import InputSpec as InputSpec
 from .pipeline import Pipeline as Pipeline
 from .pipeline import Step as Step
-from .pipeline import load_pipeline as load_pipeline
+from .pipeline_files import load_pipeline as load_pipeline
 from .step import StepContext as StepContext
 from .supervisor import JobResult as JobResult
 

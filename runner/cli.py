@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,12 +18,15 @@ import trio
 
 from ._version import __version__
 from .config import Settings
-from .dag import is_valid_job_id, open_job
+from .dag import open_job
 from .errors import ConfigError, JobError, PipelineError, RunnerError
-from .events import Event, level_at_least, parse_line, read_events
+from .events import Event, follow_events, level_at_least, read_events
+from .job_options import JobOptions
 from .manifest import JobState, age, fold_log
-from .pipeline import Pipeline, load_pipeline
+from .pipeline import Pipeline
+from .pipeline_files import load_pipeline
 from .progress import Progress, format_event
+from .run_dir import RunDir, is_valid_job_id
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -55,9 +57,16 @@ def _runs_dir(value: Path | None) -> Path:
     return value if value is not None else _settings().runs_dir
 
 
+def _run_dir(runs_dir: Path, job_id: str) -> RunDir:
+    try:
+        return RunDir.of(runs_dir, job_id)
+    except JobError as exc:
+        _fail(str(exc))
+
+
 def _events_path(runs_dir: Path, job_id: str) -> Path:
-    path = runs_dir / job_id / "events.jsonl"
-    if not is_valid_job_id(job_id) or not path.is_file():
+    path = _run_dir(runs_dir, job_id).events_path
+    if not path.is_file():
         _fail(f"job {job_id!r} not found in {runs_dir}")
     return path
 
@@ -106,7 +115,7 @@ def run(
         status = trio.run(
             _run_job,
             pipeline,
-            dict(
+            JobOptions(
                 inputs=given,
                 job_id=job_id,
                 runs_dir=runs,
@@ -125,12 +134,12 @@ def run(
     sys.exit({"succeeded": EXIT_OK, "failed": EXIT_FAILED}.get(status, EXIT_CANCELLED))
 
 
-async def _run_job(pipeline: Pipeline, options: dict[str, Any]) -> str:
+async def _run_job(pipeline: Pipeline, options: JobOptions) -> str:
     progress = Progress(sys.stderr if sys.stderr.isatty() else sys.stdout, pipeline.step_names)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         # Ctrl-C cancels the job: it records `job.finished status=cancelled`, then we exit 130.
         with trio.CancelScope() as scope:
-            async with open_job(pipeline, **options) as job:
+            async with open_job(pipeline, options) as job:
                 progress.begin(
                     job.job_id, job.run_dir, resumed=job.resumed_steps, changed=job.changed_steps
                 )
@@ -174,6 +183,8 @@ def _job_states(runs_dir: Path) -> Iterator[JobState]:
     if not runs_dir.is_dir():
         return
     for events in runs_dir.glob("*/events.jsonl"):
+        if not is_valid_job_id(events.parent.name):
+            continue  # not a job's directory: no job can have that name
         # Status, start, pipeline and pid all come from job.* events: skip the rest undecoded.
         state = fold_log(events, families=("job",))
         state.job_id = state.job_id or events.parent.name
@@ -283,9 +294,7 @@ def tail(
 ) -> None:
     """Print JOB_ID's events from the start; with -f, follow the log live."""
     runs = _runs_dir(runs_dir)
-    path = runs / job_id / "events.jsonl"
-    if not follow or not is_valid_job_id(job_id):
-        path = _events_path(runs, job_id)
+    path = _run_dir(runs, job_id).events_path if follow else _events_path(runs, job_id)
     minimum = level.upper() if level else None
 
     def wanted(event: Event) -> bool:
@@ -296,58 +305,12 @@ def tail(
         )
 
     try:
-        for event in _follow(path) if follow else read_events(path):
+        for event in follow_events(path) if follow else read_events(path):
             if wanted(event):
                 click.echo(event.to_json() if as_json else format_event(event))
                 sys.stdout.flush()
     except KeyboardInterrupt:
         sys.exit(EXIT_CANCELLED)
-
-
-_CHUNK = 1 << 16
-
-
-def _follow(path: Path, poll_s: float = 0.02) -> Iterator[Event]:
-    """Yield events as complete lines arrive; end after job.finished at the log's end.
-
-    A partial line is never held in memory: `offset` is where the first unconsumed byte
-    is, and each poll reads again from there. So when a resumed job cuts off a line its
-    crash tore and appends over it, we read the new bytes, never the torn ones glued to
-    them.
-    """
-    while not path.exists():
-        time.sleep(poll_s)
-    # Unbuffered: a buffered reader's seek() back into its buffer would serve stale bytes.
-    with open(path, "rb", buffering=0) as file:
-        offset = 0
-        finished = False
-        while True:
-            file.seek(offset)
-            consumed = 0
-            buffer = b""
-            while True:
-                chunk = file.read(_CHUNK)
-                buffer += chunk
-                cut = buffer.rfind(b"\n")
-                if cut >= 0:
-                    for line in buffer[:cut].split(b"\n"):
-                        event = parse_line(line) if line.strip() else None
-                        if event is not None:
-                            # A resumed job appends a new run after job.finished: stop
-                            # only when job.finished is the last complete line.
-                            finished = event.type == "job.finished"
-                            yield event
-                    consumed += cut + 1
-                    buffer = buffer[cut + 1 :]
-                if len(chunk) < _CHUNK:
-                    # The end of the file for now. A partial line left in `buffer` is read
-                    # again next time, from its start, never glued to bytes that may
-                    # replace it meanwhile (a resume cuts a torn line off).
-                    break
-            offset += consumed
-            if finished and not buffer:
-                return
-            time.sleep(poll_s)
 
 
 def _warning_line(

@@ -9,18 +9,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 
 from .errors import ConfigError
 
-__all__ = ["Settings"]
+__all__ = ["FsyncPolicy", "Settings"]
 
 _T = TypeVar("_T")
 
-FSYNC_POLICIES = ("batch", "always", "never")
+#: `RUNNER_FSYNC`: when writes wait for the disk (see `filestore`).
+FsyncPolicy = Literal["batch", "always", "never"]
+FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("batch", "always", "never")
 
 
 @attrs.frozen
@@ -35,7 +37,7 @@ class Settings:
     retry_cap_s: float = 30.0
     runs_dir: Path = Path("runs")
     cache_dir: Path | None = None
-    fsync: str = "batch"
+    fsync: FsyncPolicy = "batch"
     openai_api_key: str | None = attrs.field(default=None, repr=False)
     openai_base_url: str = "https://api.openai.com/v1"
     anthropic_api_key: str | None = attrs.field(default=None, repr=False)
@@ -176,10 +178,11 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
-def _fsync_policy(name: str, raw: str) -> str:
-    if raw not in FSYNC_POLICIES:
-        raise ConfigError(f"expected one of {', '.join(FSYNC_POLICIES)}, got {_shown(raw)}")
-    return raw
+def _fsync_policy(name: str, raw: str) -> FsyncPolicy:
+    for policy in FSYNC_POLICIES:
+        if raw == policy:
+            return policy
+    raise ConfigError(f"expected one of {', '.join(FSYNC_POLICIES)}, got {_shown(raw)}")
 
 
 def _url(name: str, raw: str) -> str:

@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import math
 import os
-import re
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import attrs
 import trio
 
 from .config import Settings
 from .errors import JobError, PipelineError
 from .events import Event
-from .filestore import leftover_temp_files
 from .graph import descendants, topological_order
+from .job_options import JobOptions
 from .manifest import SUCCEEDED, JobState, fold_log
-from .pipeline import Pipeline, pipeline_from_dict
-from .supervisor import (
-    JobResult,
-    Supervisor,
-    output_intact,
-    prepare_run_dir,
-    write_pipeline_json,
-)
+from .pipeline import Pipeline
+from .pipeline_files import pipeline_from_dict
+from .run_dir import RunDir
+from .supervisor import JobResult, Supervisor
 
 __all__ = [
     "Job",
@@ -39,10 +35,6 @@ __all__ = [
     "run_dag",
     "topological_order",
 ]
-
-
-# The name `safe_write` gives its temp file: `.tmp-<name>.<8 hex>`.
-_TEMP_NAME = re.compile(r"\.tmp-.+\.[0-9a-f]{8}\Z")
 
 
 def new_job_id(pipeline_name: str) -> str:
@@ -60,14 +52,14 @@ def read_completed_steps(events_path: str | os.PathLike[str]) -> set[str]:
     """
     path = Path(events_path)
     # Only step and job events decide what is completed: the rest is skipped undecoded.
-    return _completed(fold_log(path, families=("step", "job")), path.parent)
+    return _completed(fold_log(path, families=("step", "job")), RunDir(path.parent))
 
 
-def _completed(state: JobState, run_dir: Path) -> set[str]:
+def _completed(state: JobState, run_dir: RunDir) -> set[str]:
     return {
         name
         for name, step in state.steps.items()
-        if step.status == SUCCEEDED and output_intact(run_dir, name, step.output_sha256)
+        if step.status == SUCCEEDED and run_dir.output_intact(name, step.output_sha256)
     }
 
 
@@ -88,11 +80,11 @@ class Job:
     `result` is set once the job has ended.
     """
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, changed_steps: set[str]) -> None:
         self._supervisor = supervisor
         self.job_id = supervisor.job_id
-        self.run_dir = supervisor.run_dir
-        self.changed_steps: set[str] = set()
+        self.run_dir = supervisor.run_dir.path
+        self.changed_steps = changed_steps
 
     @property
     def result(self) -> JobResult | None:
@@ -100,7 +92,7 @@ class Job:
 
     @property
     def resumed_steps(self) -> set[str]:
-        return set(self._supervisor.completed)
+        return set(self._supervisor.resumed)
 
     def events(self, buffer: int | float = math.inf) -> trio.MemoryReceiveChannel[Event]:
         """Subscribe to the events written from now on.
@@ -116,20 +108,11 @@ class Job:
 
 @asynccontextmanager
 async def open_job(
-    pipeline: Pipeline,
-    *,
-    inputs: Mapping[str, str] | None = None,
-    job_id: str | None = None,
-    runs_dir: str | os.PathLike[str] | None = None,
-    resume: bool = False,
-    settings: Settings | None = None,
-    concurrency: int | None = None,
-    fail_fast: bool = False,
-    cache_dir: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
+    pipeline: Pipeline, options: JobOptions | None = None, **keywords: Any
 ) -> AsyncIterator[Job]:
     """Start a job in the background of the `async with` block; leaving the block waits for it.
 
+    Takes a `JobOptions`, or its fields as keywords (`inputs=`, `job_id=`, `resume=`, ...).
     Everything is checked before anything runs (inputs, job id, the run
     directory), so a mistake raises here with nothing written. Example::
 
@@ -138,86 +121,79 @@ async def open_job(
                 print(event.type, event.step or "")
         print(job.result.status)
     """
-    settings = settings or Settings.from_env()
-    runs_path = Path(runs_dir) if runs_dir is not None else settings.runs_dir
+    options = attrs.evolve(options or JobOptions(), **keywords)
+    settings = options.settings or Settings.from_env()
+    job_id = options.job_id
     if job_id is None:
-        if resume:
+        if options.resume:
             raise JobError("resume needs a job id")
         job_id = new_job_id(pipeline.name)
-    _check_job_id(job_id)
-    completed: set[str] = set()
-    changed: set[str] = set()
-    if not resume:
-        resolved_inputs = pipeline.resolve_inputs(inputs)
-    run_dir, log_fd, prior = prepare_run_dir(
-        pipeline, runs_dir=runs_path, job_id=job_id, resume=resume
-    )
+    run_dir = RunDir.of(options.runs_dir or settings.runs_dir, job_id)
+    if options.resume:
+        log_fd = run_dir.open_existing()
+    else:
+        inputs = pipeline.resolve_inputs(options.inputs)
+        log_fd = run_dir.create(pipeline.to_json_bytes())
     try:
-        if resume:
-            assert prior is not None
-            stored = _stored_pipeline(run_dir)
-            if stored.name != pipeline.name:
-                raise JobError(
-                    f"job {job_id!r} ran pipeline {stored.name!r}, not {pipeline.name!r}"
-                )
-            # Inputs the pipeline no longer declares are dropped, not an "unknown input".
-            kept = {k: v for k, v in prior.inputs.items() if k in pipeline.inputs}
-            resolved_inputs = {**kept, **(inputs or {})}
-            resolved_inputs = pipeline.resolve_inputs(resolved_inputs)
-            changed = changed_steps(stored, pipeline) | _steps_using_changed_inputs(
-                pipeline, prior.inputs, resolved_inputs
-            )
-            stale = changed | descendants(pipeline.needs, changed)
-            completed = (_completed(prior, run_dir) & set(pipeline.step_names)) - stale
-            # A step that runs again may answer differently: whatever was built on it runs too
-            # (the cache makes that free when the answer is the same).
-            completed -= descendants(pipeline.needs, set(pipeline.step_names) - completed)
-            if stored.sha256() != pipeline.sha256():
-                write_pipeline_json(run_dir, pipeline)
-            _remove_temp_files(run_dir)
+        prior, resumed, changed = None, frozenset[str](), set[str]()
+        if options.resume:
+            prior = fold_log(run_dir.events_path)
+            inputs, resumed, changed = _plan_resume(pipeline, run_dir, prior, options.inputs)
         supervisor = Supervisor(
             pipeline,
             run_dir=run_dir,
-            job_id=job_id,
-            inputs=resolved_inputs,
+            inputs=inputs,
             settings=settings,
-            resume=resume,
-            completed=completed,
-            concurrency=concurrency,
-            fail_fast=fail_fast,
-            cache_dir=Path(cache_dir) if cache_dir is not None else settings.cache_dir,
-            use_cache=use_cache,
+            options=options,
+            resumed=resumed,
             prior_state=prior,
             log_fd=log_fd,
         )
     except BaseException:
         os.close(log_fd)  # the writer never started: release the job's lock here
         raise
-    job = Job(supervisor)
-    job.changed_steps = changed
+    job = Job(supervisor, changed)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(supervisor.run)
+            await nursery.start(supervisor.run)
             yield job
     except BaseExceptionGroup as group:
         raise _unwrap(group) from None
 
 
+def _plan_resume(
+    pipeline: Pipeline, run_dir: RunDir, prior: JobState, given: Mapping[str, str] | None
+) -> tuple[dict[str, str], frozenset[str], set[str]]:
+    """What a resume runs with: (inputs, steps to skip as resumed, steps changed)."""
+    stored = _stored_pipeline(run_dir.pipeline_path)
+    if stored.name != pipeline.name:
+        raise JobError(
+            f"job {run_dir.job_id!r} ran pipeline {stored.name!r}, not {pipeline.name!r}"
+        )
+    # Inputs the pipeline no longer declares are dropped, not an "unknown input".
+    kept = {k: v for k, v in prior.inputs.items() if k in pipeline.inputs}
+    inputs = pipeline.resolve_inputs({**kept, **(given or {})})
+    changed = changed_steps(stored, pipeline) | _steps_using_changed_inputs(
+        pipeline, prior.inputs, inputs
+    )
+    stale = changed | descendants(pipeline.needs, changed)
+    completed = (_completed(prior, run_dir) & set(pipeline.step_names)) - stale
+    # A step that runs again may answer differently: whatever was built on it runs too
+    # (the cache makes that free when the answer is the same).
+    completed -= descendants(pipeline.needs, set(pipeline.step_names) - completed)
+    if stored.sha256() != pipeline.sha256():
+        run_dir.write_pipeline(pipeline.to_json_bytes())
+    run_dir.remove_temp_files()
+    return inputs, frozenset(completed), changed
+
+
 async def run_dag(
-    pipeline: Pipeline,
-    *,
-    inputs: Mapping[str, str] | None = None,
-    job_id: str | None = None,
-    runs_dir: str | os.PathLike[str] | None = None,
-    resume: bool = False,
-    settings: Settings | None = None,
-    concurrency: int | None = None,
-    fail_fast: bool = False,
-    cache_dir: str | os.PathLike[str] | None = None,
-    use_cache: bool = True,
+    pipeline: Pipeline, options: JobOptions | None = None, **keywords: Any
 ) -> JobResult:
     """Run `pipeline` to its end and return a `JobResult` (status, job_id, outputs, files, run_dir).
 
+    Takes a `JobOptions`, or its fields as keywords (`inputs=`, `job_id=`, `runs_dir=`,
+    `resume=`, `settings=`, `concurrency=`, `fail_fast=`, `cache_dir=`, `use_cache=`).
     Works inside any trio program. A failed step does not raise: the result's
     status is `failed`. If the caller cancels, the job records
     `job.finished status=cancelled` and `trio.Cancelled` propagates; nothing
@@ -225,18 +201,7 @@ async def run_dag(
 
         result = await runner.run_dag(runner.load_pipeline("app.toml"), inputs={"idea": "a clock"})
     """
-    async with open_job(
-        pipeline,
-        inputs=inputs,
-        job_id=job_id,
-        runs_dir=runs_dir,
-        resume=resume,
-        settings=settings,
-        concurrency=concurrency,
-        fail_fast=fail_fast,
-        cache_dir=cache_dir,
-        use_cache=use_cache,
-    ) as job:
+    async with open_job(pipeline, options, **keywords) as job:
         pass
     assert job.result is not None
     return job.result
@@ -252,27 +217,7 @@ def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
-def _remove_temp_files(run_dir: Path) -> None:
-    # A process killed mid-write leaves safe_write's temp file behind. We hold the job's
-    # lock, so no other process is writing here: every such file is garbage.
-    for path in leftover_temp_files([run_dir]):
-        if _TEMP_NAME.match(path.name):
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
-def is_valid_job_id(job_id: str) -> bool:
-    """A job id names one directory under the runs dir: no path separators, NUL, `.`, `..`."""
-    return bool(job_id) and job_id not in (".", "..") and not any(c in job_id for c in "/\\\0")
-
-
-def _check_job_id(job_id: str) -> None:
-    if not is_valid_job_id(job_id):
-        raise JobError(f"invalid job id {job_id!r} (letters, digits, '-', '_', '.')")
-
-
-def _stored_pipeline(run_dir: Path) -> Pipeline:
-    path = run_dir / "pipeline.json"
+def _stored_pipeline(path: Path) -> Pipeline:
     try:
         return pipeline_from_dict(json.loads(path.read_bytes()), source=str(path))
     except (OSError, ValueError) as exc:

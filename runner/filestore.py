@@ -1,7 +1,13 @@
 """`safe_write()`: the only way anything under a job directory is written.
 
 Atomic (temp file in the same directory, then `os.replace`), idempotent (same
-bytes: the file is not touched), and confined (nothing escapes `root`).
+bytes: the file is not touched), and confined: the path is walked from `root`
+down, one directory at a time, each opened with `O_NOFOLLOW` relative to the
+one before, so a symlink anywhere on the way (or as the target) is refused
+and nothing can be written outside `root`, even if a directory is swapped for
+a link meanwhile. A job passes its own directory as `root`: `files/`,
+`outputs/` and `.cache/` are checked like any other component.
+
 Durability against power loss follows the fsync policy: `always` fsyncs the
 file and its directory before returning; `batch` records the directory in a
 `DirtyDirs` set that the event writer fsyncs off the steps' path; `never`
@@ -11,10 +17,11 @@ leaves it to the OS.
 from __future__ import annotations
 
 import contextlib
-import functools
+import errno
 import hashlib
 import itertools
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterable
@@ -23,15 +30,24 @@ from typing import TYPE_CHECKING, TypedDict
 
 import trio
 
+from .config import FsyncPolicy
 from .errors import PathEscapeError, StorageError
 
 if TYPE_CHECKING:
-    from .events import EventEmitter
+    from .event_writer import EventEmitter
 
-__all__ = ["DirtyDirs", "WriteResult", "check_relpath", "safe_write", "sha256_file"]
+__all__ = [
+    "DirtyDirs",
+    "FsyncPolicy",
+    "WriteResult",
+    "check_relpath",
+    "is_temp_name",
+    "safe_write",
+    "sha256_file",
+]
 
-_TMP_PREFIX = ".tmp-"
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
 
 class WriteResult(TypedDict):
@@ -44,7 +60,7 @@ class WriteResult(TypedDict):
 class DirtyDirs:
     """Directories written since the last fsync batch (`RUNNER_FSYNC=batch`).
 
-    Thread-safe: the background writes add to it while the event writer syncs it.
+    Thread-safe: a write on a worker thread adds to it while the event writer syncs it.
     """
 
     def __init__(self) -> None:
@@ -63,16 +79,50 @@ class DirtyDirs:
             _fsync_dir(directory)
 
 
-def check_relpath(root: Path, relpath: str) -> Path:
-    """Return the absolute target for `relpath` under `root`, or raise `PathEscapeError`."""
-    return Path(_locate(os.fspath(root), relpath)[0])
+# -- temp files ---------------------------------------------------------------
+# The one definition of a temp file's name: `.tmp-<name>.<hex>`, where the hex is a
+# random per-process token and a counter (a random 16-hex name if that one is taken).
+# Resume removes whatever matches `is_temp_name`: what a killed write left behind.
+
+_TEMP_PREFIX = ".tmp-"
+_TEMP_NAME = re.compile(r"\.tmp-.+\.[0-9a-f]{8,}\Z")
 
 
-def _locate(root: str, relpath: str) -> tuple[str, os.stat_result | None]:
-    """The absolute target for `relpath` under `root`, and its `lstat` (None: absent).
+def _new_temp_token() -> None:
+    global _temp_token, _temp_counter
+    _temp_token, _temp_counter = os.urandom(6).hex(), itertools.count()
 
-    Raises `PathEscapeError` when the path would leave `root`.
-    """
+
+_temp_token = ""
+_temp_counter = itertools.count()
+_new_temp_token()
+os.register_at_fork(after_in_child=_new_temp_token)
+
+
+def _temp_name(name: str, *, fresh: bool = False) -> str:
+    suffix = os.urandom(8).hex() if fresh else f"{_temp_token}{next(_temp_counter):x}"
+    return f"{_TEMP_PREFIX}{name}.{suffix}"
+
+
+def is_temp_name(filename: str) -> bool:
+    """True for the name of a temp file `safe_write` makes (and a killed write leaves)."""
+    return _TEMP_NAME.match(filename) is not None
+
+
+def leftover_temp_files(directories: Iterable[Path]) -> list[Path]:
+    """Temp files a killed write left behind under `directories` (resume removes them)."""
+    found: list[Path] = []
+    for directory in directories:
+        if directory.is_dir():
+            found.extend(p for p in directory.rglob(f"{_TEMP_PREFIX}*") if is_temp_name(p.name))
+    return found
+
+
+# -- paths ----------------------------------------------------------------------
+
+
+def _parts(relpath: str) -> list[str]:
+    """The components of `relpath`, or `PathEscapeError` for what could never stay inside."""
     if not relpath or "\0" in relpath:
         raise PathEscapeError(f"refused path {relpath!r}: empty or contains NUL")
     posix = relpath.replace("\\", "/")
@@ -83,57 +133,68 @@ def _locate(root: str, relpath: str) -> tuple[str, os.stat_result | None]:
         raise PathEscapeError(f"refused path {relpath!r}: '..' is not allowed")
     if not parts:
         raise PathEscapeError(f"refused path {relpath!r}: names no file")
-    real_root = _real_root(root)
-    # Only a symlink under root can lead out: lstat each existing component (cheaper than
-    # resolving from /), and resolve fully only when one is a link.
-    current = real_root
-    last = len(parts) - 1
-    for index, part in enumerate(parts):
-        current = f"{current}{os.sep}{part}"
-        # Most targets do not exist yet: ask without the cost of raising an exception.
-        if index == last and not os.access(current, os.F_OK, follow_symlinks=False):
-            return current, None
+    return parts
+
+
+def _symlink_refused(relpath: str, where: list[str]) -> PathEscapeError:
+    return PathEscapeError(f"refused path {relpath!r}: {'/'.join(where)!r} is a symlink")
+
+
+def check_relpath(root: str | os.PathLike[str], relpath: str, *, under: str = "") -> None:
+    """Raise `PathEscapeError` if writing `relpath` under `root/under` would be refused.
+
+    Checks the path's text and every component that exists, from `root` down
+    (`under` included), without writing: a `files = true` step checks all of its
+    paths before it writes any.
+    """
+    parts = _parts(relpath)
+    walk = [*_parts(under), *parts] if under else parts
+    current = os.fspath(root)
+    for index, part in enumerate(walk):
+        current = os.path.join(current, part)
         try:
             found = os.lstat(current)
         except (FileNotFoundError, NotADirectoryError):
-            return os.path.join(real_root, *parts), None
+            return
         if stat.S_ISLNK(found.st_mode):
-            target = os.path.join(real_root, *parts)
-            resolved = os.path.realpath(target)
-            if os.path.commonpath([resolved, real_root]) != real_root:
-                raise PathEscapeError(
-                    f"refused path {relpath!r}: it leads outside {root} (symlink)"
-                )
-            return target, found if current == target else _lstat(target)
-    return current, found
+            raise _symlink_refused(relpath, walk[: index + 1])
 
 
-def _new_tmp_names() -> None:
-    global _tmp_token, _tmp_counter
-    _tmp_token, _tmp_counter = os.urandom(6).hex(), itertools.count()
-
-
-_tmp_token = ""
-_tmp_counter = itertools.count()
-_new_tmp_names()
-os.register_at_fork(after_in_child=_new_tmp_names)
-
-
-def _tmp_suffix() -> str:
-    # Unique without a getrandom() per write: a random token per process, and a counter.
-    return f"{_tmp_token}{next(_tmp_counter):x}"
-
-
-def _lstat(path: str) -> os.stat_result | None:
+def _open_parent(root: str, relpath: str, parts: list[str]) -> int:
+    """A descriptor of the target's directory, reached from `root` with no symlink."""
     try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:  # the root is trusted: make it
+        os.makedirs(root, exist_ok=True)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for index, part in enumerate(parts[:-1]):
+            try:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):  # made meanwhile by another step
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd):
+                    raise _symlink_refused(relpath, parts[: index + 1]) from None
+                raise
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
-@functools.lru_cache(maxsize=256)
-def _real_root(root: str) -> str:
-    return os.path.realpath(root)
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+# -- writing ----------------------------------------------------------------------
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -142,14 +203,10 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: str | os.PathLike[str]) -> str | None:
     """The file's SHA-256, or None when it does not exist."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as file:
-            for chunk in iter(lambda: file.read(1 << 20), b""):
-                digest.update(chunk)
+        return sha256_bytes(Path(path).read_bytes())
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
-    return digest.hexdigest()
 
 
 def write_atomic(
@@ -157,56 +214,80 @@ def write_atomic(
     relpath: str,
     data: bytes,
     *,
-    fsync: str = "batch",
+    fsync: FsyncPolicy = "batch",
     dirty: DirtyDirs | None = None,
-    sha256: str | None = None,
 ) -> WriteResult:
-    """The synchronous core of `safe_write` (no events, no threads).
-
-    `sha256`, when the caller already hashed `data`, saves hashing it again.
-    """
-    target, existing = _locate(os.fspath(root), relpath)
-    new_hash = sha256 or sha256_bytes(data)
-    # Same bytes already there: leave the file alone. Only a same-sized file can be.
-    if (
-        existing is not None
-        and (existing.st_size == len(data) or stat.S_ISLNK(existing.st_mode))
-        and sha256_file(target) == new_hash
-    ):
+    """The synchronous core of `safe_write` (no events, no threads)."""
+    parts = _parts(relpath)
+    root_text = os.fspath(root)
+    new_hash = sha256_bytes(data)
+    try:
+        dir_fd = _open_parent(root_text, relpath, parts)
+    except PathEscapeError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot write {relpath!r} under {root}: {exc.strerror or exc}") from exc
+    try:
+        existed = _write_in(dir_fd, relpath, parts, data, new_hash, fsync)
+    finally:
+        os.close(dir_fd)
+    if existed is None:
         return WriteResult(path=relpath, sha256=new_hash, wrote=False, reason="nochange")
-    directory, name = os.path.split(target)
-    tmp = f"{directory}{os.sep}{_TMP_PREFIX}{name}.{_tmp_suffix()}"
+    if fsync == "batch" and dirty is not None:
+        dirty.add(os.path.join(root_text, *parts[:-1]))
+    reason = "updated" if existed else "created"
+    return WriteResult(path=relpath, sha256=new_hash, wrote=True, reason=reason)
+
+
+def _write_in(
+    dir_fd: int, relpath: str, parts: list[str], data: bytes, new_hash: str, fsync: str
+) -> bool | None:
+    """Write `data` as the last part in `dir_fd`: None when the same bytes are there already,
+    else whether a file was replaced."""
+    name = parts[-1]
+    try:
+        existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and stat.S_ISLNK(existing.st_mode):
+        raise _symlink_refused(relpath, parts)
+    if existing is not None and existing.st_size == len(data) and stat.S_ISREG(existing.st_mode):
+        if _sha256_at(name, dir_fd) == new_hash:
+            return None
+    tmp = _temp_name(name)
     try:
         try:
-            fd = os.open(tmp, _CREATE, 0o644)
-        except FileNotFoundError:
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(tmp, _CREATE, 0o644)
+            fd = os.open(tmp, _CREATE, 0o644, dir_fd=dir_fd)
         except FileExistsError:  # another process's name, left by a crash: take a fresh one
-            tmp = f"{directory}{os.sep}{_TMP_PREFIX}{name}.{os.urandom(8).hex()}"
-            fd = os.open(tmp, _CREATE, 0o644)
+            tmp = _temp_name(name, fresh=True)
+            fd = os.open(tmp, _CREATE, 0o644, dir_fd=dir_fd)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                with open(fd, "wb", closefd=False) as file:
+                    file.write(data)
                 if fsync == "always":
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, target)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dir_fd)
             raise
+        if fsync == "always":
+            os.fsync(dir_fd)
     except OSError as exc:
-        raise StorageError(f"cannot write {relpath!r} under {root}: {exc.strerror or exc}") from exc
-    if fsync == "always":
-        _fsync_dir(directory)
-    elif fsync == "batch" and dirty is not None:
-        dirty.add(directory)
-    reason = "created" if existing is None else "updated"
-    return WriteResult(path=relpath, sha256=new_hash, wrote=True, reason=reason)
+        raise StorageError(f"cannot write {relpath!r}: {exc.strerror or exc}") from exc
+    return existing is not None
+
+
+def _sha256_at(name: str, dir_fd: int) -> str | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    with open(fd, "rb") as file:
+        return sha256_bytes(file.read())
 
 
 async def safe_write(
@@ -214,7 +295,7 @@ async def safe_write(
     relpath: str,
     data: bytes | str,
     *,
-    fsync: str = "batch",
+    fsync: FsyncPolicy = "batch",
     dirty: DirtyDirs | None = None,
     emitter: EventEmitter | None = None,
     step: str | None = None,
@@ -224,32 +305,23 @@ async def safe_write(
     Returns `{path, sha256, wrote, reason}` where reason is `created`,
     `updated` or `nochange` (same bytes already there: the file is not
     touched). Raises `PathEscapeError` for absolute paths, `..`, NUL, drive
-    letters and symlinks leading out of `root`. With an `emitter`, a
-    `file.written` event is emitted. Example::
+    letters and a symlink anywhere below `root`. With `RUNNER_FSYNC=always`
+    the write (which waits for the disk) runs on a worker thread. With an
+    `emitter`, a `file.written` event is emitted. Example::
 
         result = await safe_write(run_dir / "files", "src/app.py", code)
         assert result["reason"] in ("created", "updated", "nochange")
     """
     payload = data.encode() if isinstance(data, str) else data
-    root_path = Path(root)
     if fsync == "always":
         result = await trio.to_thread.run_sync(
-            lambda: write_atomic(root_path, relpath, payload, fsync=fsync, dirty=dirty)
+            lambda: write_atomic(root, relpath, payload, fsync=fsync, dirty=dirty)
         )
     else:
-        result = write_atomic(root_path, relpath, payload, fsync=fsync, dirty=dirty)
+        result = write_atomic(root, relpath, payload, fsync=fsync, dirty=dirty)
     if emitter is not None:
         await emitter.file_written(step, **result)
     return result
-
-
-def leftover_temp_files(directories: Iterable[Path]) -> list[Path]:
-    """Temp files a killed process left behind (tests and resume use this)."""
-    found: list[Path] = []
-    for directory in directories:
-        if directory.is_dir():
-            found.extend(p for p in directory.rglob(f"{_TMP_PREFIX}*") if p.is_file())
-    return found
 
 
 def _fsync_dir(directory: str | os.PathLike[str]) -> None:

@@ -237,7 +237,8 @@ def fold_log(
             # unreadable) goes through `parse_line`, which also warns about a bad line.
             try:
                 record = decode_record(line)
-                # Like `Event.from_dict`: a record without these four keys is not an event.
+                # The writer's lines have these four keys. One without them (a pre-2.0 line
+                # has no ts or level) goes through `parse_line` and `Event.from_dict`.
                 kind, ts, job_id, _ = (
                     record["type"],
                     record["ts"],

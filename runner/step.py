@@ -1,42 +1,117 @@
-"""One step task: wait for inputs -> render -> cache -> provider -> files -> hand output on.
+"""One step's life, top to bottom.
 
-A step receives one `Handoff` from each upstream over its inbox channel and
-sends one to each dependent. It never raises for a step failure: the
-failure becomes a `step.failed` event and a failed handoff, so independent
-branches keep running.
+    receive a handoff from each upstream
+    -> skip (an upstream failed, or the step completed in an earlier run)
+    -> render the prompt -> look in the cache -> call the provider lane
+    -> write the files of its answer -> write its output
+    -> step.succeeded -> hand on to each dependent
+
+A step never raises for its own failure (a provider error, a refused path, an
+output that cannot be written, a Python step's exception): it emits
+`step.failed` and hands on a failure, so independent branches keep running.
+Everything a step may use comes in one `StepServices`.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
-from .cache import CorruptCacheEntry, compute_cache_key
-from .errors import ProviderError, RunnerError
-from .events import Event
+from ._version import __version__
+from .cache import Cache, CorruptCacheEntry, compute_cache_key
+from .config import Settings
+from .errors import PathEscapeError, ProviderError, RunnerError
+from .event_writer import EventEmitter
 from .fences import parse_file_blocks
-from .filestore import WriteResult, check_relpath
-from .pipeline import STREAM_ABOVE_MAX_TOKENS, Step, render
+from .filestore import DirtyDirs, WriteResult
+from .pipeline import Step
+from .provider_lane import ProviderLane
 from .providers.base import LLMRequest
+from .run_dir import RunDir
+from .templates import render
 
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
+__all__ = ["Handoff", "StepContext", "StepServices", "run_step"]
 
-__all__ = ["Handoff", "StepContext", "run_step"]
+
+@attrs.frozen
+class StepServices:
+    """Everything a step task may use, built once per job by the supervisor."""
+
+    job_id: str
+    inputs: Mapping[str, str]
+    run_dir: RunDir
+    emitter: EventEmitter
+    lanes: Mapping[str, ProviderLane]
+    cache: Cache | None
+    settings: Settings
+    pipeline_version: str
+    #: Steps that completed in an earlier run of this job (resume): skipped if intact.
+    resumed: frozenset[str] = frozenset()
+    #: `--concurrency`: steps in flight at once.
+    step_limiter: trio.CapacityLimiter | None = None
+    #: Directories written since the last fsync batch (`RUNNER_FSYNC=batch`).
+    dirty: DirtyDirs | None = None
+
+    async def write_file(self, step: str, relpath: str, data: bytes | str) -> WriteResult:
+        """Write under the job's `files/` and emit `file.written`."""
+        result = await self.run_dir.write_file(
+            relpath, data, fsync=self.settings.fsync, dirty=self.dirty
+        )
+        await self.emitter.file_written(step, **result)
+        return result
 
 
 @attrs.frozen
 class Handoff:
-    """What a step tells each dependent when it ends: its name and whether it succeeded."""
+    """What a step tells each dependent when it ends.
+
+    `upstream` holds the handoffs it received, so a step reaches the output of any
+    step above it through its own inbox, never through a job-wide table.
+    """
 
     step: str
     ok: bool
     output: str = ""
+    upstream: tuple[Handoff, ...] = ()
+
+
+class UpstreamOutputs(Mapping[str, str]):
+    """The outputs of every step upstream of one step, read through the handoffs it received.
+
+    Nearest first: a direct upstream is found at once; one further up is found by
+    walking up the handoffs, visiting each step once.
+    """
+
+    def __init__(self, handoffs: tuple[Handoff, ...]) -> None:
+        self._handoffs = handoffs
+
+    def _walk(self) -> Iterator[Handoff]:
+        seen: set[str] = set()
+        queue = collections.deque(self._handoffs)
+        while queue:
+            handoff = queue.popleft()
+            if handoff.step not in seen:
+                seen.add(handoff.step)
+                yield handoff
+                queue.extend(handoff.upstream)
+
+    def __getitem__(self, name: str) -> str:
+        for handoff in self._walk():
+            if handoff.step == name:
+                return handoff.output
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return (handoff.step for handoff in self._walk())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._walk())
 
 
 @attrs.frozen
@@ -52,14 +127,14 @@ class StepContext:
     inputs: Mapping[str, str]
     outputs: Mapping[str, str]
     run_dir: Path
-    _supervisor: Supervisor = attrs.field(alias="supervisor", repr=False)
+    _services: StepServices = attrs.field(alias="services", repr=False)
 
     @property
     def files_dir(self) -> Path:
         return self.run_dir / "files"
 
     async def write_file(self, relpath: str, data: bytes | str) -> WriteResult:
-        return await self._supervisor.write_file(self.name, relpath, data)
+        return await self._services.write_file(self.name, relpath, data)
 
 
 class _StepFailed(Exception):
@@ -69,26 +144,70 @@ class _StepFailed(Exception):
 
 
 async def run_step(
-    sup: Supervisor,
+    services: StepServices,
     step: Step,
     inbox: trio.MemoryReceiveChannel[Handoff],
     dependents: list[trio.MemorySendChannel[Handoff]],
-) -> None:
-    """The task body of one step (the supervisor starts one per step)."""
+) -> Handoff:
+    """The task body of one step (`step` resolved against the pipeline's defaults).
+
+    Returns the handoff it sent to each dependent.
+    """
     try:
-        handoff = await _run(sup, step, inbox)
+        handoff = await _live(services, step, inbox)
         for send_channel in dependents:
             # Never blocks: an inbox has room for one handoff from each of its upstreams.
             send_channel.send_nowait(handoff)
+        return handoff
     finally:
         # However this step ends, its dependents must not wait on it forever.
         for send_channel in dependents:
             send_channel.close()
 
 
-async def _run(sup: Supervisor, step: Step, inbox: trio.MemoryReceiveChannel[Handoff]) -> Handoff:
-    name = step.name
-    failed_upstream = []
+async def _live(
+    services: StepServices, step: Step, inbox: trio.MemoryReceiveChannel[Handoff]
+) -> Handoff:
+    name, emitter = step.name, services.emitter
+    received = await _receive(step, inbox)
+    failed_upstream = sorted(handoff.step for handoff in received if not handoff.ok)
+    if failed_upstream:
+        await emitter.step_skipped(name, "upstream_failed", upstream=failed_upstream)
+        return Handoff(name, ok=False)
+    if name in services.resumed:
+        # None: the output vanished since resume checked it, so the step runs again.
+        stored = services.run_dir.read_output(name)
+        if stored is not None:
+            await emitter.step_skipped(name, "resumed", output_sha256=_sha256(stored))
+            return Handoff(name, ok=True, output=stored, upstream=received)
+    limiter = services.step_limiter or contextlib.nullcontext()
+    async with limiter:
+        await emitter.step_started(name)
+        started = trio.current_time()
+        try:
+            output, attempts, cached = await _work(services, step, UpstreamOutputs(received))
+            written = await _write_output(services, name, output, attempts)
+        except _StepFailed as failure:
+            await emitter.step_failed(
+                name,
+                error=failure.error,
+                message=failure.message,
+                attempts=failure.attempts,
+                duration_s=round(trio.current_time() - started, 6),
+            )
+            return Handoff(name, ok=False)
+        await emitter.step_succeeded(
+            name,
+            duration_s=round(trio.current_time() - started, 6),
+            output_sha256=written["sha256"],
+            cached=cached,
+            attempts=attempts,
+        )
+    return Handoff(name, ok=True, output=output, upstream=received)
+
+
+async def _receive(step: Step, inbox: trio.MemoryReceiveChannel[Handoff]) -> tuple[Handoff, ...]:
+    received: dict[str, Handoff] = {}
     with inbox:
         for _ in step.needs:
             try:
@@ -97,132 +216,34 @@ async def _run(sup: Supervisor, step: Step, inbox: trio.MemoryReceiveChannel[Han
                 # An upstream ended without a word: it raised, so the job is being torn
                 # down and its cancellation is on its way here. Add no error of our own.
                 await trio.sleep_forever()
-            if handoff.ok:
-                sup.outputs[handoff.step] = handoff.output
-            else:
-                failed_upstream.append(handoff.step)
-    if failed_upstream:
-        await sup.emitter.step_skipped(name, "upstream_failed", upstream=sorted(failed_upstream))
-        return Handoff(name, ok=False)
-    stored = sup.stored_output(name) if name in sup.completed else None
-    if stored is not None:
-        await sup.emitter.step_skipped(name, "resumed", output_sha256=_sha256(stored))
-        sup.outputs[name] = stored
-        return Handoff(name, ok=True, output=stored)
-    async with sup.step_limiter:
-        await sup.emitter.step_started(name)
-        started = trio.current_time()
-        try:
-            output, attempts, cached, cache_write = await _execute(sup, sup.pipeline.resolved(step))
-            try:
-                payload = output.encode()
-            except UnicodeError as exc:
-                raise _StepFailed(type(exc).__name__, str(exc), attempts) from None
-        except _StepFailed as failure:
-            await sup.emitter.step_failed(
-                name,
-                error=failure.error,
-                message=failure.message,
-                attempts=failure.attempts,
-                duration_s=round(trio.current_time() - started, 6),
-            )
-            sup.step_failed(name)
-            return Handoff(name, ok=False)
-        output_sha256 = hashlib.sha256(payload).hexdigest()
-        # Written now, or on the job's thread under RUNNER_FSYNC=always; either way the
-        # log holds `step.succeeded` back until it has landed, and dependents start now.
-        output_write = sup.files.submit(
-            sup.outputs_dir, f"{name}.txt", payload, sha256=output_sha256
-        )
-        sup.outputs[name] = output
-        succeeded = sup.emitter.event(
-            "step.succeeded",
-            step=name,
-            duration_s=round(trio.current_time() - started, 6),
-            output_sha256=output_sha256,
-            cached=cached,
-            attempts=attempts,
-        )
-        await sup.emitter.send(_StepEnd(sup, succeeded, output_write, cache_write))
-    return Handoff(name, ok=True, output=output)
+            received[handoff.step] = handoff
+    # In the order of `needs`, whatever order they finished in.
+    return tuple(received[name] for name in step.needs)
 
 
-class _StepEnd:
-    """A step's `step.succeeded`, written once its background writes have landed.
-
-    A cache entry that could not be stored adds a `cache.error` (the step still
-    succeeds); an output that could not be written turns the step's end into
-    `step.failed`, as if the write had failed in the step.
-    """
-
-    def __init__(
-        self,
-        sup: Supervisor,
-        succeeded: Event,
-        output_write: int,
-        cache_write: tuple[str, int] | None,
-    ) -> None:
-        self._sup = sup
-        self._succeeded = succeeded
-        self._output_write = output_write
-        self._cache_write = cache_write
-
-    def ready(self) -> bool:
-        # Writes land in order, and the cache entry was submitted before the output.
-        return self._sup.files.done(self._output_write)
-
-    async def wait(self) -> None:
-        await self._sup.files.wait_for(self._output_write)
-
-    def events(self) -> list[Event]:
-        files, emitter, step = self._sup.files, self._sup.emitter, self._succeeded.step
-        events = []
-        if self._cache_write is not None:
-            key, ticket = self._cache_write
-            if (error := files.failure(ticket)) is not None:
-                events.append(emitter.event("cache.error", step=step, key=key, reason=str(error)))
-        error = files.failure(self._output_write)
-        if error is None:
-            events.append(self._succeeded)
-            return events
-        data = self._succeeded.data or {}
-        failed = emitter.event(
-            "step.failed",
-            step=step,
-            error=type(error).__name__,
-            message=str(error),
-            attempts=data["attempts"],
-            duration_s=data["duration_s"],
-        )
-        events.append(failed)
-        return events
-
-
-async def _execute(sup: Supervisor, step: Step) -> tuple[str, int, bool, tuple[str, int] | None]:
-    """Run the step's work; returns (output, attempts, cached, cache write).
-
-    The cache write is the cache key and the ticket of the entry's background
-    write, when the response was stored. Failures become `_StepFailed`.
-    """
+async def _work(
+    services: StepServices, step: Step, outputs: Mapping[str, str]
+) -> tuple[str, int, bool]:
+    """Run the step's work: (output, attempts, cached). Failures become `_StepFailed`."""
     attempts = 0
     try:
         if step.fn is not None:
             context = StepContext(
                 name=step.name,
-                job_id=sup.job_id,
-                inputs=sup.inputs,
-                outputs=sup.upstream_outputs(step.name),
-                run_dir=sup.run_dir,
-                supervisor=sup,
+                job_id=services.job_id,
+                inputs=services.inputs,
+                outputs=outputs,
+                run_dir=services.run_dir.path,
+                services=services,
             )
             output = await step.fn(context)
             if not isinstance(output, str):
                 raise TypeError(f"step function returned {type(output).__name__}, expected str")
-            return output, 0, False, None
-        output, attempts, cached, cache_write = await _call_llm(sup, step)
+            return output, 0, False
+        output, attempts, cached = await _call_llm(services, step, outputs)
         if step.files:
-            await _write_file_blocks(sup, step.name, output)
-        return output, attempts, cached, cache_write
+            await _write_file_blocks(services, step.name, output)
+        return output, attempts, cached
     except ProviderError as exc:
         raise _StepFailed(type(exc).__name__, str(exc), exc.attempts or attempts) from None
     except RunnerError as exc:
@@ -232,73 +253,77 @@ async def _execute(sup: Supervisor, step: Step) -> tuple[str, int, bool, tuple[s
         raise _StepFailed(type(exc).__name__, str(exc) or type(exc).__name__, attempts) from None
 
 
-async def _call_llm(sup: Supervisor, step: Step) -> tuple[str, int, bool, tuple[str, int] | None]:
+async def _call_llm(
+    services: StepServices, step: Step, outputs: Mapping[str, str]
+) -> tuple[str, int, bool]:
     assert step.prompt is not None
     assert step.provider is not None
     assert step.model is not None
-    outputs = sup.outputs
-    provider_name = step.provider
+    lane = services.lanes[step.provider]
+    max_tokens = step.max_tokens or 2048
     request = LLMRequest(
         model=step.model,
-        prompt=render(step.prompt, sup.inputs, outputs),
-        system=render(step.system, sup.inputs, outputs) if step.system else None,
+        prompt=render(step.prompt, services.inputs, outputs),
+        system=render(step.system, services.inputs, outputs) if step.system else None,
         temperature=float(step.temperature if step.temperature is not None else 0.0),
-        max_tokens=step.max_tokens or 2048,
+        max_tokens=max_tokens,
         stop=step.stop or (),
         seed=step.seed,
         options=dict(step.options or {}),
-        stream=_wants_stream(
-            sup.pipeline.providers.get(provider_name, {}), step.max_tokens or 2048
-        ),
+        stream=lane.wants_stream(max_tokens),
         step=step.name,
-        timeout_s=step.timeout_s or sup.settings.provider_timeout_s,
+        timeout_s=step.timeout_s or services.settings.provider_timeout_s,
     )
-    provider = sup.provider(provider_name)
-    cache = sup.cache
-    key = None
-    if cache is not None:
-        key = compute_cache_key(
-            provider=provider_name,
-            base_url=provider.base_url,
-            step=step.name,
-            request=request,
-            pipeline_version=sup.pipeline.version,
-            runner_version=sup.runner_version,
-        )
-        try:
-            hit = cache.get(key)
-        except CorruptCacheEntry as exc:
-            await sup.emitter.cache_miss(step.name, key, reason=str(exc))
-        else:
-            if hit is not None:
-                await sup.emitter.cache_hit(step.name, key)
-                return hit.text, 0, True, None
-            await sup.emitter.cache_miss(step.name, key)
-    response, attempts = await sup.call(provider, request, step)
-    if cache is None or key is None:
-        return response.text, attempts, False, None
-    # In the background, like the output: failing to keep a copy is a `cache.error`.
-    # Its directory is not fsynced in batches: under `batch` no file's bytes are, so an
-    # entry could not survive a power loss intact anyway (a corrupt one is a miss), and
-    # fsyncing up to 256 shard directories per batch cost a cached job 15-20% of its time.
-    relpath, entry = cache.entry(key, response)
-    ticket = sup.files.submit(cache.root, relpath, entry, sync_dir=False)
-    return response.text, attempts, False, (key, ticket)
+    cache, emitter = services.cache, services.emitter
+    if cache is None:
+        response, attempts = await lane.call(request, step=step.name, retries=step.retries)
+        return response.text, attempts, False
+    key = compute_cache_key(
+        provider=lane.name,
+        base_url=lane.base_url,
+        step=step.name,
+        request=request,
+        pipeline_version=services.pipeline_version,
+        runner_version=__version__,
+    )
+    try:
+        hit = cache.get(key)
+    except CorruptCacheEntry as exc:
+        await emitter.cache_miss(step.name, key, reason=str(exc))
+    else:
+        if hit is not None:
+            await emitter.cache_hit(step.name, key)
+            return hit.text, 0, True
+        await emitter.cache_miss(step.name, key)
+    response, attempts = await lane.call(request, step=step.name, retries=step.retries)
+    try:
+        await cache.put(key, response)
+    except PathEscapeError:
+        raise  # a symlink in the job's `.cache/`: refused like any write that would escape
+    except RunnerError as exc:
+        # The answer is good; only keeping a copy failed.
+        await emitter.cache_error(step.name, key, reason=str(exc))
+    return response.text, attempts, False
 
 
-async def _write_file_blocks(sup: Supervisor, step: str, output: str) -> None:
+async def _write_file_blocks(services: StepServices, step: str, output: str) -> None:
     blocks = parse_file_blocks(output)
-    files_dir = sup.run_dir / "files"
     # Check every path before writing any: a refused path must not leave half the files.
     for block in blocks:
-        check_relpath(files_dir, block.path)
+        services.run_dir.check_file_path(block.path)
     for block in blocks:
-        await sup.write_file(step, block.path, block.content)
+        await services.write_file(step, block.path, block.content)
 
 
-def _wants_stream(config: Mapping[str, object], max_tokens: int) -> bool:
-    setting = config.get("stream", "auto")
-    return setting is True or (setting == "auto" and max_tokens > STREAM_ABOVE_MAX_TOKENS)
+async def _write_output(
+    services: StepServices, step: str, output: str, attempts: int
+) -> WriteResult:
+    try:
+        return await services.run_dir.write_output(
+            step, output, fsync=services.settings.fsync, dirty=services.dirty
+        )
+    except (RunnerError, UnicodeError) as exc:
+        raise _StepFailed(type(exc).__name__, str(exc), attempts) from None
 
 
 def _sha256(text: str) -> str:

@@ -328,19 +328,17 @@ async def test_a_reply_with_half_an_emoji_is_cached_and_written(runs_dir: Path) 
     assert "half an emoji \ufffd" == (result.run_dir / "outputs" / "a.txt").read_text()
 
 
-def test_cache_put_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cache_put_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = Cache(tmp_path / "cache", fsync="never")
     key = "ab" + "0" * 62
-    cache.put(key, LLMResponse(text="first", model="m"))
+    await cache.put(key, LLMResponse(text="first", model="m"))
 
-    def refuse(src: Any, dst: Any) -> None:
+    def refuse(src: Any, dst: Any, **dir_fds: Any) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(
-        StorageError, match=r"^cannot write 'ab/ab0+\.json' under .*: No space left"
-    ):
-        cache.put(key, LLMResponse(text="second", model="m"))
+    with pytest.raises(StorageError, match=r"^cannot write 'ab/ab0+\.json': No space left"):
+        await cache.put(key, LLMResponse(text="second", model="m"))
     monkeypatch.undo()
 
     assert "first" == cache.get(key).text  # type: ignore[union-attr]

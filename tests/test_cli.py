@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -275,7 +276,8 @@ def test_tail_follow_never_prints_half_a_line(tmp_path: Path) -> None:
 def test_tail_follow_after_a_crash_prints_the_resumed_lines_not_the_torn_one(
     tmp_path: Path,
 ) -> None:
-    from runner.events import _cut_torn_tail, make_event
+    from runner.event_writer import _cut_torn_tail
+    from runner.events import make_event
 
     run_dir = tmp_path / "runs" / "j"
     run_dir.mkdir(parents=True)
@@ -301,7 +303,7 @@ def test_tail_follow_after_a_crash_prints_the_resumed_lines_not_the_torn_one(
 def test_tail_follow_refuses_a_job_id_that_is_a_path(runs_dir: Path) -> None:
     code, _, err = invoke("tail", "../elsewhere", "-f", "--runs-dir", str(runs_dir))
     assert 2 == code
-    assert err.startswith("runner: job '../elsewhere' not found")
+    assert err.startswith("runner: invalid job id '../elsewhere'")
 
 
 def test_a_job_whose_process_died_reads_interrupted(runs_dir: Path) -> None:
@@ -339,3 +341,26 @@ def test_version_is_one_value_everywhere() -> None:
     code, out, _ = invoke("--version")
     assert (0, f"runner, version {runner.__version__}\n") == (code, out)
     assert runner.__version__ == version("runner")
+
+
+@pytest.mark.parametrize(
+    "job_id", ["x\ny", "evil\x7f", "tab\there", "sp ace", "café", ".h", "a" * 129]
+)
+@pytest.mark.parametrize(
+    "command", [["show"], ["tail"], ["tail", "-f"], ["run", EXAMPLE, "--job-id"]]
+)
+def test_every_command_refuses_a_bad_job_id_in_one_line(
+    runs_dir: Path, command: list[str], job_id: str
+) -> None:
+    code, out, err = invoke(*command, job_id, "--runs-dir", str(runs_dir))
+    assert (2, "") == (code, out)
+    assert 1 == len(err.splitlines())
+    assert err.startswith(f"runner: invalid job id {job_id!r}: use ASCII letters")
+    assert not runs_dir.exists()
+
+
+def test_list_leaves_out_directories_no_job_can_have(runs_dir: Path) -> None:
+    invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "good")
+    shutil.copytree(runs_dir / "good", runs_dir / "x\ny")
+    code, out, _ = invoke("list", "--runs-dir", str(runs_dir))
+    assert (0, ["good"]) == (code, [line.split()[0] for line in out.splitlines()])

@@ -9,6 +9,7 @@ import trio
 from helpers import events, fake_pipeline, kinds, of_type
 
 import runner
+import runner.event_writer
 from runner import JobError, Settings, Step, StepContext, open_job, run_dag
 
 FAST = Settings(fsync="never")  # no worker threads: autojump_clock stays exact
@@ -318,15 +319,15 @@ async def test_a_resume_whose_output_vanished_runs_the_step_again(
     )
     first = await run_dag(pipeline, runs_dir=runs_dir, job_id="j", settings=FAST)
     # Deleted after resume checked it, before the step read it.
-    from runner.supervisor import Supervisor
+    from runner.run_dir import RunDir
 
-    original = Supervisor.stored_output
+    original = RunDir.read_output
 
-    def vanish(self: Supervisor, step: str) -> str | None:
+    def vanish(self: RunDir, step: str) -> str | None:
         (first.run_dir / "outputs" / f"{step}.txt").unlink(missing_ok=True)
         return original(self, step)
 
-    monkeypatch.setattr(Supervisor, "stored_output", vanish)
+    monkeypatch.setattr(RunDir, "read_output", vanish)
     again = await run_dag(
         pipeline, runs_dir=runs_dir, job_id="j", resume=True, settings=FAST, use_cache=False
     )
@@ -397,14 +398,14 @@ async def test_the_writer_gathers_the_events_of_many_steps_into_one_write(
     runs_dir: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
     batches: list[int] = []
-    original = runner.events.EventWriter._write
+    original = runner.event_writer.EventWriter._write
 
-    def counted(self: runner.events.EventWriter, fd: int, batch: list[runner.Event]) -> None:
+    def counted(self: runner.event_writer.EventWriter, fd: int, batch: list[runner.Event]) -> None:
         if batch:
             batches.append(len(batch))
         original(self, fd, batch)
 
-    monkeypatch.setattr(runner.events.EventWriter, "_write", counted)
+    monkeypatch.setattr(runner.event_writer.EventWriter, "_write", counted)
     steps = [Step(f"s{i}", prompt=str(i), needs=[f"s{i - 1}"] if i else []) for i in range(50)]
     result = await run_dag(fake_pipeline(steps), runs_dir=runs_dir, settings=FAST)
     assert "succeeded" == result.status

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner import Event, EventEmitter, RunnerError, read_events
-from runner.events import EVENT_TYPES, EventWriter, TornLineWarning, make_event
+from runner.event_writer import EventWriter
+from runner.events import EVENT_TYPES, TornLineWarning, make_event
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 

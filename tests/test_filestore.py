@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from runner import (
     safe_write,
 )
 from runner.filestore import DirtyDirs, leftover_temp_files, sha256_bytes
-from runner.pipeline import load_pipeline
+from runner.pipeline_files import load_pipeline
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "app_builder.toml"
 
@@ -102,29 +103,59 @@ async def test_a_temp_name_left_by_another_process_is_not_reused(
 ) -> None:
     # Temp names are a per-process token and a counter: a crashed process with the
     # same token (or a forked child) may have left one behind. It is never touched.
-    monkeypatch.setattr(filestore, "_tmp_suffix", lambda: "same")
-    left = tmp_path / ".tmp-a.txt.same"
+    monkeypatch.setattr(filestore, "_temp_token", "same")
+    monkeypatch.setattr(filestore, "_temp_counter", itertools.count())
+    left = tmp_path / ".tmp-a.txt.same0"
     left.write_bytes(b"someone else's")
     result = await safe_write(tmp_path, "a.txt", b"mine")
     assert (b"mine", "created") == ((tmp_path / "a.txt").read_bytes(), result["reason"])
     assert b"someone else's" == left.read_bytes()
-    assert [left] == leftover_temp_files([tmp_path])
+    assert [left] == list(tmp_path.glob(".tmp-*"))
 
 
 def test_temp_names_differ_between_writes_and_processes() -> None:
-    names = {filestore._tmp_suffix() for _ in range(1000)}
+    names = {filestore._temp_name("a") for _ in range(1000)}
     assert 1000 == len(names)
+    assert all(filestore.is_temp_name(name) for name in names)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: after fork its names must not repeat the parent's
-        os.write(write, filestore._tmp_suffix().encode())
+        os.write(write, filestore._temp_name("a").encode())
         os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     with os.fdopen(read, "rb") as child:
         child_name = child.read().decode()
-    assert child_name
-    assert child_name not in names | {filestore._tmp_suffix()}
+    assert filestore.is_temp_name(child_name)
+    assert child_name not in names | {filestore._temp_name("a")}
+
+
+@pytest.mark.parametrize(
+    ("name", "is_temp"),
+    [
+        (".tmp-a.txt.4b07a4c3305240", True),  # token and counter
+        (".tmp-a.txt.0123abcd", True),  # 2.0's 8 hex
+        (".tmp-a.txt.0123456789abcdef", True),  # a fresh random name
+        (".tmp-notes.md", False),  # a step's own file
+        ("a.txt", False),
+    ],
+)
+def test_is_temp_name(name: str, is_temp: bool) -> None:
+    assert is_temp == filestore.is_temp_name(name)
+
+
+@pytest.mark.parametrize("where", ["sub", "sub/deeper"])
+async def test_safe_write_refuses_a_symlink_even_one_pointing_inside(
+    tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / where).symlink_to(tmp_path / "real", target_is_directory=True)
+    with pytest.raises(
+        PathEscapeError, match=rf"^refused path '{where}/x': '{where}' is a symlink"
+    ):
+        await safe_write(tmp_path, f"{where}/x", b"x")
+    assert [] == list((tmp_path / "real").iterdir())
 
 
 async def test_safe_write_emits_file_written(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ import pytest
 import trio
 import trio.testing
 
-from runner.calls import call_with_retries
 from runner.circuit_breaker import CircuitBreaker
 from runner.errors import (
     CircuitOpenError,
@@ -15,7 +14,8 @@ from runner.errors import (
     RateLimitError,
     RetryableProviderError,
 )
-from runner.events import EventEmitter
+from runner.event_writer import EventEmitter
+from runner.provider_lane import ProviderLane
 from runner.providers.base import LLMRequest, LLMResponse
 from runner.retry import RetryPolicy
 
@@ -86,16 +86,15 @@ def make_breaker(threshold=5, cooldown_s=30.0):
 
 
 async def call(provider, emitter, *, breaker=None, policy=None, timeout_s=60.0, limiter=None):
-    return await call_with_retries(
-        provider,
-        REQUEST,
-        step="greet",
-        emitter=emitter,
+    lane = ProviderLane(
+        provider=provider,
         breaker=breaker or make_breaker(),
         policy=policy or RetryPolicy(max_retries=3, base_s=1.0, cap_s=30.0),
         timeout_s=timeout_s,
+        emitter=emitter,
         limiter=limiter,
     )
+    return await lane.call(REQUEST, step="greet")
 
 
 async def trip(breaker):

@@ -384,3 +384,25 @@ async def test_a_step_timeout_longer_than_the_provider_timeout_is_honoured(
         )
 
     assert ("succeeded", "slow but fine") == (result.status, result.outputs.get("ask"))
+
+
+async def test_calls_queued_behind_max_concurrency_do_not_pass_an_open_breaker(
+    runs_dir: Path,
+) -> None:
+    # Eight steps queue for one slot; the first two failures open the breaker. The
+    # breaker is asked once a call holds the slot, so the six queued calls are refused
+    # unsent instead of going out through the open breaker.
+    async with open_fake_llm_server() as server:
+        server.script(*fail_times(8))
+        result = await run_dag(
+            openai_pipeline(*parallel(8), max_concurrency=1),
+            runs_dir=runs_dir,
+            settings=settings_for(server, cb_threshold=2, max_retries=0, cb_cooldown_s=60.0),
+        )
+
+    assert "failed" == result.status
+    assert 2 == len(server.requests)
+    log = events(result.run_dir)
+    assert ["breaker.opened"] == breaker_events(log)
+    refused = [e for e in of_type(log, "step.failed") if e.data["error"] == "CircuitOpenError"]
+    assert 6 == len(refused)

@@ -1,11 +1,17 @@
+"""One step's life: streaming choice, handoffs, upstream outputs, a failed output write."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from helpers import events, of_type
 
-from runner import Pipeline, PipelineError, Settings, Step, run_dag
+from runner import Pipeline, PipelineError, Settings, Step, StepContext, run_dag
+from runner.step import Handoff, UpstreamOutputs
 from runner.testing import open_fake_llm_server
+
+STEP_JOB = ("step", "job")
 
 
 @pytest.mark.parametrize(
@@ -61,3 +67,70 @@ def test_provider_tables_are_validated(
 ) -> None:
     with pytest.raises(PipelineError, match=rf"^<python>: {message}"):
         Pipeline(name="p", steps=[Step("a", prompt="x")], providers=providers)
+
+
+async def test_a_failed_output_write_fails_the_step_and_skips_its_dependents(
+    runs_dir: Path,
+) -> None:
+    async def a(ctx: StepContext) -> str:
+        # A directory where the output file must go: writing the output fails.
+        (ctx.run_dir / "outputs" / "a.txt").mkdir()
+        return "a's text"
+
+    pipeline = Pipeline(
+        name="p",
+        steps=[Step("a", fn=a), Step("b", prompt="{{ steps.a.output }}", needs=["a"])],
+        defaults={"provider": "fake", "model": "echo"},
+    )
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=Settings(fsync="never"))
+
+    assert ("failed", {}) == (result.status, dict(result.outputs))
+    assert [
+        ("step.started", "a"),
+        ("step.failed", "a"),
+        ("step.skipped", "b"),
+        ("job.finished", None),
+    ] == [(e.type, e.step) for e in events(result.run_dir) if e.type.split(".")[0] in STEP_JOB][1:]
+    failed = of_type(result.run_dir, "step.failed")[0]
+    assert ("StorageError", "upstream_failed") == (
+        failed.data["error"],
+        of_type(result.run_dir, "step.skipped")[0].data["reason"],
+    )
+
+
+async def test_upstream_outputs_reach_every_step_below_through_the_handoffs(
+    runs_dir: Path,
+) -> None:
+    seen: dict[str, dict[str, str]] = {}
+
+    async def last(ctx: StepContext) -> str:
+        seen["last"] = dict(ctx.outputs)
+        return ctx.outputs["a"] + "|" + ctx.outputs["c"]
+
+    # a -> b -> c -> last, and a -> d -> last: `last` sees all four, each once.
+    pipeline = Pipeline(
+        name="p",
+        steps=[
+            Step("a", prompt="A"),
+            Step("b", prompt="{{ steps.a.output }}b", needs=["a"]),
+            Step("c", prompt="{{ steps.a.output }}{{ steps.b.output }}c", needs=["b"]),
+            Step("d", prompt="d", needs=["a"]),
+            Step("last", fn=last, needs=["c", "d"]),
+        ],
+        defaults={"provider": "fake", "model": "echo"},
+    )
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=Settings(fsync="never"))
+
+    assert "succeeded" == result.status
+    assert {"a": "A", "b": "Ab", "c": "AAbc", "d": "d"} == seen["last"]
+    assert ["c", "d", "b", "a"] == list(seen["last"])  # nearest first
+    assert "A|AAbc" == result.outputs["last"]
+
+
+def test_upstream_outputs_is_a_mapping_that_misses_unknown_steps() -> None:
+    a = Handoff("a", ok=True, output="1")
+    b = Handoff("b", ok=True, output="2", upstream=(a,))
+    outputs = UpstreamOutputs((b, a))
+    assert (2, "1", True, False) == (len(outputs), outputs["a"], "b" in outputs, "z" in outputs)
+    with pytest.raises(KeyError):
+        outputs["z"]
