@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import __version__, read_completed_steps
-from runner.manifest import fold_log
+from runner.job_state import fold_log
 
 WORK = Path(__file__).parent / ".work"
 JOB_ID = "bench-resume"

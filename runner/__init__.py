@@ -11,10 +11,6 @@ The public API::
 
 from ._version import __version__ as __version__
 from .config import Settings as Settings
-from .dag import Job as Job
-from .dag import open_job as open_job
-from .dag import read_completed_steps as read_completed_steps
-from .dag import run_dag as run_dag
 from .errors import CircuitOpenError as CircuitOpenError
 from .errors import ConfigError as ConfigError
 from .errors import JobError as JobError
@@ -34,6 +30,10 @@ from .event_writer import EventEmitter as EventEmitter
 from .events import Event as Event
 from .events import read_events as read_events
 from .filestore import safe_write as safe_write
+from .jobs import Job as Job
+from .jobs import open_job as open_job
+from .jobs import read_completed_steps as read_completed_steps
+from .jobs import run_dag as run_dag
 from .pipeline import InputSpec as InputSpec
 from .pipeline import Pipeline as Pipeline
 from .pipeline import Step as Step

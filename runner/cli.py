@@ -18,11 +18,11 @@ import trio
 
 from ._version import __version__
 from .config import Settings
-from .dag import open_job
 from .errors import ConfigError, JobError, PipelineError, RunnerError
 from .events import Event, follow_events, level_at_least, read_events
 from .job_options import JobOptions
-from .manifest import JobState, age, fold_log
+from .job_state import JobState, age, fold_log
+from .jobs import open_job
 from .pipeline import Pipeline
 from .pipeline_files import load_pipeline
 from .progress import Progress, format_event

@@ -29,7 +29,7 @@ from .event_writer import EventEmitter, EventWriter
 from .events import Event
 from .filestore import DirtyDirs
 from .job_options import JobOptions
-from .manifest import CANCELLED, FAILED, SUCCEEDED, JobState
+from .job_state import CANCELLED, FAILED, SUCCEEDED, JobState
 from .pipeline import Pipeline, Step
 from .provider_lane import ProviderLane
 from .run_dir import CACHE, RunDir

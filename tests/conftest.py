@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -24,18 +25,11 @@ def settings() -> Settings:
 def _no_env_leak(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Tests run in a fresh directory with no provider settings from the developer's shell.
     monkeypatch.chdir(tmp_path)
-    for name in (
-        "OPENAI_API_KEY",
-        "ANTHROPIC_API_KEY",
-        "OPENAI_BASE_URL",
-        "ANTHROPIC_BASE_URL",
-        "OLLAMA_HOST",
-        "RUNNER_RUNS_DIR",
-        "RUNNER_CACHE_DIR",
-        "PROVIDER_TIMEOUT_S",
-        "MAX_RETRIES",
-        "CB_THRESHOLD",
-        "CB_COOLDOWN_S",
-        "RUNNER_FSYNC",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    # Every setting runner reads, whatever its name: RUNNER_*, the providers', the breaker's.
+    for name in list(os.environ):
+        if name.startswith(_SETTING_PREFIXES) or name in _SETTINGS:
+            monkeypatch.delenv(name, raising=False)
+
+
+_SETTING_PREFIXES = ("RUNNER_", "OPENAI_", "ANTHROPIC_", "OLLAMA_", "CB_")
+_SETTINGS = ("PROVIDER_TIMEOUT_S", "MAX_RETRIES")

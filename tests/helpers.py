@@ -6,7 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
+
 from runner import Event, Pipeline, Step, read_events
+from runner.cli import cli
 
 
 def events(run_dir: Path) -> list[Event]:
@@ -37,3 +40,15 @@ def fake_pipeline(
     if errors:
         fake["errors"] = dict(errors)
     return Pipeline(name=name, steps=steps, providers={"fake": fake}, **kwargs)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run the `runner` command in-process: (exit code, stdout, stderr).
+
+    A Python exception that is not the command's own exit is re-raised, so a crash
+    fails the test with its traceback instead of looking like an exit code.
+    """
+    result = CliRunner().invoke(cli, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr

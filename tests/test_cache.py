@@ -17,14 +17,12 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from click.testing import CliRunner
-from helpers import events, fake_pipeline, of_type
+from helpers import events, fake_pipeline, invoke, of_type
 from hypothesis import given
 from hypothesis import strategies as st
 
 from runner import Pipeline, Settings, Step, StepContext, StorageError, run_dag
 from runner.cache import Cache, compute_cache_key
-from runner.cli import cli
 from runner.filestore import leftover_temp_files
 from runner.providers.base import LLMRequest, LLMResponse
 from runner.testing import FakeLLMServer, Reply, open_fake_llm_server
@@ -349,13 +347,6 @@ async def test_cache_put_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 # -- the CLI: --no-cache, --cache-dir and RUNNER_CACHE_DIR ----------------------------
 
 TOML = 'name = "p"\n[steps.a]\nprompt = "a"\n[steps.b]\nprompt = "b"\nneeds = ["a"]\n'
-
-
-def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def _types(run_dir: Path) -> list[str]:

@@ -10,20 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from helpers import events
-
-from runner.cli import cli
+from helpers import events, invoke
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = str(ROOT / "examples" / "app_builder.toml")
-
-
-def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 def write(path: Path, text: str) -> str:

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from helpers import invoke
 
 from runner import Event, load_pipeline, read_completed_steps, read_events
-from runner.cli import cli
 from runner.events import TornLineWarning, parse_line
-from runner.manifest import fold_events, fold_log
+from runner.job_state import fold_events, fold_log
 
 JOB = "notes-20240312-101500"
 V1_JOB = Path(__file__).parent / "data" / "v1_job" / JOB
@@ -60,13 +59,6 @@ prompt = "Summarize this outline in one line:\\n{{ steps.outline.output }}"
 outline = "1. Origins\\n2. Brewing\\n3. Serving\\n"
 summary = "Tea: where it comes from, how to brew it, how to serve it.\\n"
 """
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture

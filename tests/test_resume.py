@@ -24,8 +24,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from click.testing import CliRunner
-from helpers import events, fake_pipeline
+from helpers import events, fake_pipeline, invoke
 
 from runner import (
     InputSpec,
@@ -36,10 +35,9 @@ from runner import (
     read_events,
     run_dag,
 )
-from runner.cli import cli
 from runner.events import Event, TornLineWarning, make_event
 from runner.filestore import leftover_temp_files, sha256_bytes
-from runner.manifest import fold_events, fold_log
+from runner.job_state import fold_events, fold_log
 from runner.testing import Fail, FakeLLMServer, Reply, open_fake_llm_server
 
 FAST = Settings(fsync="never")
@@ -103,13 +101,6 @@ async def _wait_until(predicate: Callable[[], bool]) -> None:
             if predicate():
                 return
             await trio.sleep(0.02)
-
-
-def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
 
 
 # -- resume after a failed step -------------------------------------------------------

@@ -9,7 +9,7 @@ from helpers import fake_pipeline
 
 from runner import Settings, Step, open_job, run_dag
 from runner.events import make_event
-from runner.manifest import JobState, age, fold_events
+from runner.job_state import JobState, age, fold_events
 from runner.supervisor import Supervisor
 
 

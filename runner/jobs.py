@@ -20,7 +20,7 @@ from .errors import JobError, PipelineError
 from .events import Event
 from .graph import descendants, topological_order
 from .job_options import JobOptions
-from .manifest import SUCCEEDED, JobState, fold_log
+from .job_state import SUCCEEDED, JobState, fold_log
 from .pipeline import Pipeline
 from .pipeline_files import pipeline_from_dict
 from .run_dir import RunDir
