@@ -41,7 +41,7 @@ from pathlib import Path
 
 import orjson
 
-from runner.events import make_event
+from runner.events import event_line, make_event
 
 WORK = Path(__file__).parent / ".work"
 JOB_ID = "bench-tail"
@@ -81,7 +81,7 @@ def run_once(mode: str, args: argparse.Namespace, rng: random.Random) -> Result:
         (runs / JOB_ID).mkdir()
         fd = os.open(runs / JOB_ID / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, make_event(JOB_ID, "job.started", data={"seq": -1}).to_line())
+            os.write(fd, event_line(make_event(JOB_ID, "job.started", data={"seq": -1})))
             with open(runs / "tail.stderr", "wb") as stderr:
                 proc = subprocess.Popen(
                     [*TAIL, JOB_ID, "-f", "--json", "--runs-dir", str(runs)],
@@ -125,12 +125,12 @@ def _write(
             lines.append(make_event(JOB_ID, "llm.request", step=f"s{seq}", data={"seq": seq}))
             seq += 1
         for event in lines:
-            line = event.to_line()
+            line = event_line(event)
             start = time.perf_counter()
             os.write(fd, line)
             written.append((start, line))
     time.sleep(rng.uniform(0.0, MAX_GAP_S))
-    line = make_event(JOB_ID, "job.finished", data={"seq": seq, "status": "succeeded"}).to_line()
+    line = event_line(make_event(JOB_ID, "job.finished", data={"seq": seq, "status": "succeeded"}))
     start = time.perf_counter()
     os.write(fd, line)
     written.append((start, line))

@@ -19,7 +19,7 @@ import trio
 from ._version import __version__
 from .config import Settings
 from .errors import ConfigError, JobError, PipelineError, RunnerError
-from .events import Event, follow_events, level_at_least, read_events
+from .events import Event, event_line, follow_events, level_at_least, matches_type, read_events
 from .job_options import JobOptions
 from .job_state import JobState, age, fold_log
 from .jobs import open_job
@@ -299,15 +299,15 @@ def tail(
 
     def wanted(event: Event) -> bool:
         return (
-            (type_ is None or event.matches_type(type_))
-            and (step is None or event.step == step)
-            and (minimum is None or level_at_least(event.level, minimum))
+            (type_ is None or matches_type(event, type_))
+            and (step is None or event.get("step") == step)
+            and (minimum is None or level_at_least(event["level"], minimum))
         )
 
     try:
         for event in follow_events(path) if follow else read_events(path):
             if wanted(event):
-                click.echo(event.to_json() if as_json else format_event(event))
+                click.echo(event_line(event).decode().rstrip() if as_json else format_event(event))
                 sys.stdout.flush()
     except KeyboardInterrupt:
         sys.exit(EXIT_CANCELLED)

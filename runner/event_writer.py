@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .events import EVENT_TYPES, Event, make_event, utc_now_iso
+from .events import EVENT_TYPES, Event, Level, build_event, event_line, make_event, utc_now_iso
 
 if TYPE_CHECKING:
     from .filestore import DirtyDirs
@@ -31,6 +31,7 @@ _FSYNC_INTERVAL_S = 0.05
 # a busy job). A follower sees them that much later.
 _GATHER_S = 0.001
 # Events after which the writer makes the log durable (fsync).
+_FINISHED_LEVEL: Mapping[str, Level] = {"succeeded": "INFO", "failed": "ERROR"}
 _DURABLE_POINTS = frozenset({"step.succeeded", "step.failed", "step.skipped", "job.finished"})
 
 
@@ -61,10 +62,10 @@ class EventEmitter:
         return event
 
     async def _emit(
-        self, type: str, step: str | None, level: str, data: Mapping[str, Any] | None
+        self, type: str, step: str | None, level: Level, data: Mapping[str, Any] | None
     ) -> Event:
         # The helpers' path: their types and levels are valid by construction.
-        event = Event(utc_now_iso(), level, self.job_id, type, step, data)
+        event = build_event(utc_now_iso(), level, self.job_id, type, step, data)
         await self.send(event)
         return event
 
@@ -86,7 +87,7 @@ class EventEmitter:
         return await self._emit("job.started", None, "INFO", data)
 
     async def job_finished(self, status: str, **data: Any) -> Event:
-        level = {"succeeded": "INFO", "failed": "ERROR"}.get(status, "WARN")
+        level = _FINISHED_LEVEL.get(status, "WARN")  # cancelled
         return await self._emit("job.finished", None, level, {"status": status, **data})
 
     async def step_started(self, step: str) -> Event:
@@ -102,7 +103,7 @@ class EventEmitter:
         return await self._emit("step.failed", step, "ERROR", data)
 
     async def step_skipped(self, step: str, reason: str, **data: Any) -> Event:
-        level = "WARN" if reason == "upstream_failed" else "INFO"
+        level: Level = "WARN" if reason == "upstream_failed" else "INFO"
         return await self._emit("step.skipped", step, level, {"reason": reason, **data})
 
     # -- llm, cache, files ----------------------------------------------------
@@ -112,7 +113,7 @@ class EventEmitter:
 
     async def llm_response(self, step: str, *, status: int | str | None, **data: Any) -> Event:
         ok = status is None or status == "ok" or (isinstance(status, int) and status < 400)
-        level = "INFO" if ok else "WARN"
+        level: Level = "INFO" if ok else "WARN"
         return await self._emit("llm.response", step, level, {"status": status, **data})
 
     async def llm_retry(self, step: str, *, attempt: int, delay_s: float, reason: str) -> Event:
@@ -258,12 +259,12 @@ class EventWriter:
         if not events:
             return
         # Complete lines only: a crash tears at most the last one, which readers skip.
-        data = memoryview(b"".join([event.to_line() for event in events]))
+        data = memoryview(b"".join([event_line(event) for event in events]))
         while data:
             data = data[os.write(fd, data) :]
         self.events_written += len(events)
         for event in events:
-            if event.type in _DURABLE_POINTS:
+            if event["type"] in _DURABLE_POINTS:
                 self._durable = self.events_written
                 if self._fsync and not self._sync_wanted.is_set():
                     self._sync_wanted.set()

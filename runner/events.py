@@ -15,9 +15,8 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, NotRequired, TypedDict, TypeGuard
 
-import attrs
 import orjson
 
 from .errors import RunnerError
@@ -26,16 +25,18 @@ __all__ = [
     "EVENT_TYPES",
     "LEVELS",
     "Event",
+    "Level",
     "TornLineWarning",
     "follow_events",
     "read_events",
 ]
 
-LEVELS = ("INFO", "WARN", "ERROR")
-_LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
+Level = Literal["INFO", "WARN", "ERROR"]
+LEVELS: tuple[Level, ...] = ("INFO", "WARN", "ERROR")
+_LEVEL_RANK: dict[str, int] = {name: rank for rank, name in enumerate(LEVELS)}
 
 #: Every event type, with its default level.
-EVENT_TYPES: Mapping[str, str] = {
+EVENT_TYPES: Mapping[str, Level] = {
     "job.started": "INFO",
     "job.finished": "INFO",
     "step.started": "INFO",
@@ -91,59 +92,39 @@ def level_at_least(level: str, minimum: str) -> bool:
     return _LEVEL_RANK[level] >= _LEVEL_RANK[minimum]
 
 
-@attrs.frozen
-class Event:
-    """One line of the log: keys in field order; an absent `step` or `data` is omitted."""
+class Event(TypedDict):
+    """One line of the log, as the plain dict it is on disk: keys in this order.
+
+    `ts` is UTC ISO 8601 with microseconds; `level` is `INFO`, `WARN` or `ERROR`;
+    `step` and `data` are absent when the event has none. Example::
+
+        {"ts": "2026-11-24T05:23:34.123456+00:00", "level": "INFO", "job_id": "j-1",
+         "type": "step.succeeded", "step": "builder", "data": {"duration_s": 1.2}}
+    """
 
     ts: str
-    level: str
+    level: Level
     job_id: str
     type: str
-    step: str | None = None
-    data: Mapping[str, Any] | None = None
+    step: NotRequired[str]
+    data: NotRequired[dict[str, Any]]
 
-    def to_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "ts": self.ts,
-            "level": self.level,
-            "job_id": self.job_id,
-            "type": self.type,
-        }
-        if self.step is not None:
-            record["step"] = self.step
-        if self.data is not None:
-            record["data"] = self.data
-        return record
 
-    def to_json(self) -> str:
-        return encode_record(self.to_record()).decode()
-
-    def to_line(self) -> bytes:
-        """The event as written to the log: compact JSON and a newline."""
-        return encode_record(self.to_record()) + b"\n"
-
-    @classmethod
-    def from_dict(cls, record: Mapping[str, Any]) -> Event:
-        """The event a decoded log line holds; `KeyError` or `TypeError` when it holds none.
-
-        Logs written before 2.0 have no `ts` and no `level`: `ts` reads as `""` and the
-        level as the type's usual one (`INFO` for a type runner does not know), so
-        `--level ERROR` still finds an old `step.failed`.
-        """
-        if not isinstance(record, Mapping):
-            raise TypeError(f"an event is a JSON object, not {record.__class__.__name__}")
-        return cls(
-            ts=record.get("ts", ""),
-            level=record.get("level") or EVENT_TYPES.get(record["type"], "INFO"),
-            job_id=record["job_id"],
-            type=record["type"],
-            step=record.get("step"),
-            data=record.get("data"),
-        )
-
-    def matches_type(self, pattern: str) -> bool:
-        """`llm` matches `llm.*`; `llm.retry` matches only itself."""
-        return self.type == pattern or self.type.startswith(pattern + ".")
+def build_event(
+    ts: str,
+    level: Level,
+    job_id: str,
+    type: str,
+    step: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> Event:
+    """An `Event` with its keys in order, leaving out an absent `step` or `data` (unchecked)."""
+    event = Event(ts=ts, level=level, job_id=job_id, type=type)
+    if step is not None:
+        event["step"] = step
+    if data is not None:
+        event["data"] = dict(data)
+    return event
 
 
 def make_event(
@@ -155,20 +136,55 @@ def make_event(
     data: Mapping[str, Any] | None = None,
     ts: str | None = None,
 ) -> Event:
-    """Build a validated `Event`, filling `ts` and the type's default level."""
+    """Build a validated `Event`, filling `ts` (now) and the type's usual level."""
     if type not in EVENT_TYPES:
         raise RunnerError(f"unknown event type {type!r}")
     level = level or EVENT_TYPES[type]
-    if level not in _LEVEL_RANK:
+    if not _is_level(level):
         raise RunnerError(f"unknown event level {level!r} (expected one of {', '.join(LEVELS)})")
-    return Event(ts or utc_now_iso(), level, job_id, type, step, data)
+    return build_event(ts or utc_now_iso(), level, job_id, type, step, data)
+
+
+def as_event(record: Any) -> Event:
+    """The event a decoded log line holds; `KeyError`, `TypeError` or `ValueError` if none.
+
+    Logs written before 2.0 have no `ts` and no `level`: `ts` reads as `""` and the
+    level as the type's usual one (`INFO` for a type runner does not know), so
+    `--level ERROR` still finds an old `step.failed`.
+    """
+    if not isinstance(record, dict):
+        raise TypeError(f"an event is a JSON object, not {record.__class__.__name__}")
+    kind, job_id = record["type"], record["job_id"]
+    if not isinstance(kind, str) or not isinstance(job_id, str):
+        raise TypeError("an event's type and job_id are strings")
+    level = record.get("level") or EVENT_TYPES.get(kind, "INFO")
+    if not _is_level(level):
+        raise ValueError(f"unknown event level {level!r}")
+    step, data = record.get("step"), record.get("data")
+    if not (step is None or isinstance(step, str)) or not (data is None or isinstance(data, dict)):
+        raise TypeError("an event's step is a string and its data an object")
+    return build_event(record.get("ts", ""), level, job_id, kind, step, data)
+
+
+def matches_type(event: Event, pattern: str) -> bool:
+    """`llm` matches `llm.*`; `llm.retry` matches only itself."""
+    kind = event["type"]
+    return kind == pattern or kind.startswith(pattern + ".")
+
+
+def event_line(event: Event) -> bytes:
+    """The event as written to the log: compact JSON and a newline."""
+    return encode_record(event) + b"\n"
+
+
+def _is_level(level: str) -> TypeGuard[Level]:
+    return level in _LEVEL_RANK
 
 
 def parse_line(line: bytes) -> Event | None:
     """Parse one complete log line; None (with a warning) when it is not a valid event."""
     try:
-        record = decode_record(line)
-        return Event.from_dict(record)
+        return as_event(decode_record(line))
     except (ValueError, KeyError, TypeError):
         warnings.warn(
             f"skipped an unreadable events line: {line[:80]!r}", TornLineWarning, stacklevel=3
@@ -183,8 +199,8 @@ def read_events(events_path: str | os.PathLike[str]) -> Iterator[Event]:
     a `TornLineWarning`, never an exception. Example::
 
         for event in runner.read_events("runs/job-1/events.jsonl"):
-            if event.type == "step.failed":
-                print(event.step, event.data["message"])
+            if event["type"] == "step.failed":
+                print(event["step"], event["data"]["message"])
     """
     with open(events_path, "rb") as file:
         for line in complete_lines(file):
@@ -240,7 +256,7 @@ def follow_events(path: str | os.PathLike[str], poll_s: float = 0.02) -> Iterato
                         if event is not None:
                             # A resumed job appends a new run after job.finished: stop
                             # only when job.finished is the last complete line.
-                            finished = event.type == "job.finished"
+                            finished = event["type"] == "job.finished"
                             yield event
                     consumed += cut + 1
                     buffer = buffer[cut + 1 :]

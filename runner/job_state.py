@@ -75,7 +75,9 @@ class JobState:
     events: int = 0
 
     def apply(self, event: Event) -> None:
-        self._apply(event.type, event.step, event.data, event.ts, event.job_id)
+        self._apply(
+            event["type"], event.get("step"), event.get("data"), event["ts"], event["job_id"]
+        )
 
     def _apply(self, kind: str, name: str | None, data: Any, ts: str, job_id: str) -> None:
         # The fold's hot path: `fold_log` calls it once per line with the decoded fields,
@@ -238,7 +240,7 @@ def fold_log(
             try:
                 record = decode_record(line)
                 # The writer's lines have these four keys. One without them (a pre-2.0 line
-                # has no ts or level) goes through `parse_line` and `Event.from_dict`.
+                # has no ts or level) goes through `parse_line`, which fills them in.
                 kind, ts, job_id, _ = (
                     record["type"],
                     record["ts"],

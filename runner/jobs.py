@@ -118,7 +118,7 @@ async def open_job(
 
         async with runner.open_job(pipeline, inputs={"idea": "a chess clock"}) as job:
             async for event in job.events():
-                print(event.type, event.step or "")
+                print(event["type"], event.get("step", ""))
         print(job.result.status)
     """
     options = attrs.evolve(options or JobOptions(), **keywords)

@@ -47,26 +47,27 @@ class Progress:
             self._print(f"resuming: {len(resumed)} completed step(s) will not run again")
 
     def show(self, event: Event) -> None:
-        if event.step and event.type.startswith("step."):
-            data = event.data or {}
-            self.status[event.step] = {
+        step, kind = event.get("step"), event["type"]
+        if step and kind.startswith("step."):
+            data = event.get("data") or {}
+            self.status[step] = {
                 "step.started": "running",
                 "step.succeeded": "succeeded",
                 "step.failed": "failed",
                 "step.skipped": "succeeded" if data.get("reason") == "resumed" else "skipped",
-            }[event.type]
+            }[kind]
             note = (
                 data.get("message")
                 or data.get("reason")
                 or ("cached" if data.get("cached") else "")
             )
-            self.notes[event.step] = str(note)[:60]
+            self.notes[step] = str(note)[:60]
         if self.live:
             now = time.monotonic()
-            if now - self._last_draw >= _REDRAW_S or event.type == "job.finished":
+            if now - self._last_draw >= _REDRAW_S or kind == "job.finished":
                 self._draw()
                 self._last_draw = now
-        elif event.type.startswith(_SHOWN_PLAIN) and event.type != "job.started":
+        elif kind.startswith(_SHOWN_PLAIN) and kind != "job.started":
             self._print(format_event(event))
 
     def end(self, status: str) -> None:
@@ -93,10 +94,11 @@ class Progress:
 
 def format_event(event: Event) -> str:
     """One readable line for an event."""
-    data = event.data or {}
+    data = event.get("data") or {}
     detail = " ".join(f"{k}={_short(v)}" for k, v in data.items())
-    where = f" [{event.step}]" if event.step else ""
-    return f"{event.ts[11:23]} {event.level:<5} {event.type}{where} {detail}".rstrip()
+    step = event.get("step")
+    where = f" [{step}]" if step else ""
+    return f"{event['ts'][11:23]} {event['level']:<5} {event['type']}{where} {detail}".rstrip()
 
 
 def _short(value: Any) -> str:

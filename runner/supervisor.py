@@ -101,7 +101,7 @@ class Supervisor:
     def _on_event(self, event: Event) -> None:
         # Called by the writer for each event written: the manifest never runs ahead of the log.
         self.state.apply(event)
-        if event.type.startswith(("step.", "job.")):
+        if event["type"].startswith(("step.", "job.")):
             self._manifest_dirty.set()
 
     async def run(

@@ -18,11 +18,11 @@ def events(run_dir: Path) -> list[Event]:
 
 def kinds(run_dir: Path) -> list[tuple[str, str | None]]:
     """The (type, step) sequence of a job's log."""
-    return [(e.type, e.step) for e in events(run_dir)]
+    return [(e["type"], e.get("step")) for e in events(run_dir)]
 
 
 def of_type(run_dir: Path, type_: str) -> list[Event]:
-    return [e for e in events(run_dir) if e.type == type_]
+    return [e for e in events(run_dir) if e["type"] == type_]
 
 
 def fake_pipeline(

@@ -159,8 +159,8 @@ def _settings(server: FakeLLMServer) -> Settings:
 def _cache_events(run_dir: Path) -> dict[str, list[tuple[str | None, str]]]:
     found: dict[str, list[tuple[str | None, str]]] = {"cache.hit": [], "cache.miss": []}
     for event in events(run_dir):
-        if event.type in found:
-            found[event.type].append((event.step, event.data["key"]))
+        if event["type"] in found:
+            found[event["type"]].append((event.get("step"), event["data"]["key"]))
     return found
 
 
@@ -193,7 +193,7 @@ async def test_second_run_uses_cache(runs_dir: Path, tmp_path: Path) -> None:
     assert misses == hits["cache.hit"]
     assert ["design", "build", "review"] == [step for step, _ in misses]
     assert [] == of_type(second.run_dir, "llm.request")
-    succeeded = {e.step: e.data for e in of_type(second.run_dir, "step.succeeded")}
+    succeeded = {e.get("step"): e.get("data") for e in of_type(second.run_dir, "step.succeeded")}
     assert {"design": True, "build": True, "review": True, "tally": False} == {
         step: data["cached"] for step, data in succeeded.items()
     }
@@ -227,8 +227,8 @@ async def test_second_run_uses_cache_through_the_cli(tmp_path: Path) -> None:
             assert 0 == done.returncode, done.stderr.decode()
             assert 2 == len(server.requests)  # the second job asked nothing
     second = tmp_path / "runs" / "two"
-    assert {"a", "b"} == {e.step for e in of_type(second, "cache.hit")}
-    assert [True, True] == [e.data["cached"] for e in of_type(second, "step.succeeded")]
+    assert {"a", "b"} == {e.get("step") for e in of_type(second, "cache.hit")}
+    assert [True, True] == [e["data"]["cached"] for e in of_type(second, "step.succeeded")]
 
 
 # -- corrupt entries ------------------------------------------------------------------
@@ -282,8 +282,8 @@ async def test_a_corrupt_entry_is_a_warned_miss_and_is_replaced(
         assert "succeeded" == second.status
         assert 2 == len(server.requests)  # the provider was asked again
     [miss] = of_type(second.run_dir, "cache.miss")
-    assert ("WARN", entry.stem) == (miss.level, miss.data["key"])
-    assert miss.data["reason"].startswith(("corrupt: ", "unreadable: "))
+    assert ("WARN", entry.stem) == (miss["level"], miss["data"]["key"])
+    assert miss["data"]["reason"].startswith(("corrupt: ", "unreadable: "))
     assert 1 == len(of_type(second.run_dir, "llm.request"))
     # The entry is whole again and serves the next job.
     response = Cache(cache_dir).get(entry.stem)
@@ -308,10 +308,10 @@ async def test_an_entry_that_cannot_be_replaced_does_not_fail_the_step(
     )
 
     [miss] = of_type(again.run_dir, "cache.miss")
-    assert ("WARN", "unreadable: Is a directory") == (miss.level, miss.data["reason"])
+    assert ("WARN", "unreadable: Is a directory") == (miss["level"], miss["data"]["reason"])
     [error] = of_type(again.run_dir, "cache.error")
-    assert "WARN" == error.level
-    assert error.data["reason"].startswith("cannot write ")
+    assert "WARN" == error["level"]
+    assert error["data"]["reason"].startswith("cannot write ")
     assert "succeeded" == again.status
 
 
@@ -350,7 +350,7 @@ TOML = 'name = "p"\n[steps.a]\nprompt = "a"\n[steps.b]\nprompt = "b"\nneeds = ["
 
 
 def _types(run_dir: Path) -> list[str]:
-    return [e.type for e in events(run_dir)]
+    return [e["type"] for e in events(run_dir)]
 
 
 def test_no_cache_neither_reads_nor_writes(runs_dir: Path, tmp_path: Path) -> None:
@@ -372,7 +372,7 @@ def test_no_cache_neither_reads_nor_writes(runs_dir: Path, tmp_path: Path) -> No
         assert [] == [t for t in types if t.startswith("cache.")]
         assert 2 == types.count("llm.request")
         succeeded = of_type(runs_dir / job, "step.succeeded")
-        assert [False, False] == [e.data["cached"] for e in succeeded]
+        assert [False, False] == [e["data"]["cached"] for e in succeeded]
     assert entries == sorted(shared.rglob("*.json"))  # nothing written either
     assert not (runs_dir / "bare" / ".cache").exists()
 
@@ -386,13 +386,13 @@ def test_runner_cache_dir_from_the_environment(runs_dir: Path, tmp_path: Path) -
     assert 0 == invoke(*base, "--job-id", "two", env=env)[0]
 
     assert 2 == len(list((tmp_path / "from-env").rglob("*.json")))
-    assert ["a", "b"] == [e.step for e in of_type(runs_dir / "two", "cache.hit")]
+    assert ["a", "b"] == [e.get("step") for e in of_type(runs_dir / "two", "cache.hit")]
     assert [] == of_type(runs_dir / "two", "llm.request")
     assert not (runs_dir / "one" / ".cache").exists()
     # --cache-dir wins over the environment.
     flag = tmp_path / "from-flag"
     assert 0 == invoke(*base, "--job-id", "three", "--cache-dir", str(flag), env=env)[0]
-    assert ["a", "b"] == [e.step for e in of_type(runs_dir / "three", "cache.miss")]
+    assert ["a", "b"] == [e.get("step") for e in of_type(runs_dir / "three", "cache.miss")]
     assert 2 == len(list(flag.rglob("*.json")))
 
 

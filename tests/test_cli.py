@@ -149,8 +149,8 @@ def test_runs_dir_from_environment(tmp_path: Path) -> None:
 
 def test_provider_and_model_overrides(runs_dir: Path) -> None:
     invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "d", "--model", "echo-2")
-    requests = [e for e in events(runs_dir / "d") if e.type == "llm.request"]
-    assert {"echo-2"} == {e.data["model"] for e in requests}
+    requests = [e for e in events(runs_dir / "d") if e["type"] == "llm.request"]
+    assert {"echo-2"} == {e["data"]["model"] for e in requests}
 
 
 def test_tail_filters_combine(runs_dir: Path) -> None:
@@ -213,7 +213,7 @@ def test_ctrl_c_exits_130_records_cancelled_and_resumes(tmp_path: Path) -> None:
     assert 130 == proc.returncode
     assert "Traceback" not in out + err
     last = events(tmp_path / "runs" / "s")[-1]
-    assert ("job.finished", "cancelled") == (last.type, last.data["status"])
+    assert ("job.finished", "cancelled") == (last["type"], last["data"]["status"])
     # Resumable: a fast pipeline with the same name and steps finishes the job.
     fast = write(tmp_path / "slow.toml", SLOW.format(latency=0))
     done = subprocess.run(
@@ -223,7 +223,7 @@ def test_ctrl_c_exits_130_records_cancelled_and_resumes(tmp_path: Path) -> None:
         text=True,
     )
     assert 0 == done.returncode, done.stderr
-    assert "succeeded" == events(tmp_path / "runs" / "s")[-1].data["status"]
+    assert "succeeded" == events(tmp_path / "runs" / "s")[-1]["data"]["status"]
 
 
 def test_tail_follow_waits_for_the_log_and_stops_after_job_finished(tmp_path: Path) -> None:
@@ -267,18 +267,18 @@ def test_tail_follow_after_a_crash_prints_the_resumed_lines_not_the_torn_one(
     tmp_path: Path,
 ) -> None:
     from runner.event_writer import _cut_torn_tail
-    from runner.events import make_event
+    from runner.events import event_line, make_event
 
     run_dir = tmp_path / "runs" / "j"
     run_dir.mkdir(parents=True)
     log = run_dir / "events.jsonl"
-    first = make_event("j", "job.started").to_line()
+    first = event_line(make_event("j", "job.started"))
     log.write_bytes(first + b'{"ts":"torn-by-a-crash","level":"INF')
     follower = _spawn("tail", "j", "-f", "--json", cwd=tmp_path)
     assert first.decode() == follower.stdout.readline()  # type: ignore[union-attr]
     # What a resume does: cut the torn line off, then append where it was.
-    resumed = [make_event("j", "job.started", data={"resume": True}).to_line()]
-    resumed.append(make_event("j", "job.finished", data={"status": "succeeded"}).to_line())
+    resumed = [event_line(make_event("j", "job.started", data={"resume": True}))]
+    resumed.append(event_line(make_event("j", "job.finished", data={"status": "succeeded"})))
     fd = os.open(log, os.O_RDWR | os.O_APPEND)
     try:
         _cut_torn_tail(fd)
@@ -299,7 +299,7 @@ def test_tail_follow_refuses_a_job_id_that_is_a_path(runs_dir: Path) -> None:
 def test_a_job_whose_process_died_reads_interrupted(runs_dir: Path) -> None:
     import socket
 
-    from runner.events import make_event
+    from runner.events import event_line, make_event
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that no longer runs
@@ -310,7 +310,7 @@ def test_a_job_whose_process_died_reads_interrupted(runs_dir: Path) -> None:
         make_event("dead", "job.started", data=started),
         make_event("dead", "step.started", step="a"),
     ]
-    (run_dir / "events.jsonl").write_bytes(b"".join(e.to_line() for e in lines))
+    (run_dir / "events.jsonl").write_bytes(b"".join(event_line(e) for e in lines))
     _, out, _ = invoke("list", "--runs-dir", str(runs_dir))
     assert ["dead", "interrupted"] == out.split()[:2]
     _, out, _ = invoke("show", "dead", "--runs-dir", str(runs_dir), "--json")

@@ -69,15 +69,15 @@ async def test_failure_skips_dependents_and_independent_branches_finish(runs_dir
     assert "failed" == result.status
     assert {"a", "other"} == set(result.outputs)
     failed = of_type(result.run_dir, "step.failed")
-    assert [("bad", "ERROR")] == [(e.step, e.level) for e in failed]
-    assert "model refused" in failed[0].data["message"]
-    skipped = {e.step: e.data["reason"] for e in of_type(result.run_dir, "step.skipped")}
+    assert [("bad", "ERROR")] == [(e.get("step"), e["level"]) for e in failed]
+    assert "model refused" in failed[0]["data"]["message"]
+    skipped = {e.get("step"): e["data"]["reason"] for e in of_type(result.run_dir, "step.skipped")}
     assert {"after_bad": "upstream_failed", "last": "upstream_failed"} == skipped
     # A skipped step never started.
-    started = {e.step for e in of_type(result.run_dir, "step.started")}
+    started = {e.get("step") for e in of_type(result.run_dir, "step.started")}
     assert {"a", "bad", "other"} == started
     finished = of_type(result.run_dir, "job.finished")[-1]
-    assert ("ERROR", "failed") == (finished.level, finished.data["status"])
+    assert ("ERROR", "failed") == (finished["level"], finished["data"]["status"])
 
 
 async def test_fail_fast_cancels_the_rest(
@@ -92,7 +92,7 @@ async def test_fail_fast_cancels_the_rest(
     assert "failed" == result.status
     assert [] == of_type(result.run_dir, "step.succeeded")
     finished = of_type(result.run_dir, "job.finished")[-1]
-    assert {"failed": 1, "cancelled": 1} == finished.data["steps"]
+    assert {"failed": 1, "cancelled": 1} == finished["data"]["steps"]
 
 
 async def test_python_step_gets_inputs_and_upstream_outputs_and_writes_files(
@@ -118,7 +118,7 @@ async def test_python_step_gets_inputs_and_upstream_outputs_and_writes_files(
     assert {"inputs": {"topic": "trio"}, "outputs": {"a": "trio", "b": "b"}} == seen
     assert "# trio" == (result.run_dir / "files" / "notes" / "summary.md").read_text()
     written = of_type(result.run_dir, "file.written")
-    assert [("sum", "notes/summary.md")] == [(e.step, e.data["path"]) for e in written]
+    assert [("sum", "notes/summary.md")] == [(e.get("step"), e["data"]["path"]) for e in written]
 
 
 async def test_python_step_that_raises_fails_the_step_not_the_job(runs_dir: Path) -> None:
@@ -129,9 +129,9 @@ async def test_python_step_that_raises_fails_the_step_not_the_job(runs_dir: Path
     result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST)
     failed = of_type(result.run_dir, "step.failed")[0]
     assert ("x", "ValueError", "bad data in row 3") == (
-        failed.step,
-        failed.data["error"],
-        failed.data["message"],
+        failed.get("step"),
+        failed["data"]["error"],
+        failed["data"]["message"],
     )
     assert {"y": "y"} == dict(result.outputs)
 
@@ -144,8 +144,8 @@ async def test_a_file_path_that_escapes_fails_the_step_and_writes_nothing(
     result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST)
     assert "failed" == result.status
     failed = of_type(result.run_dir, "step.failed")[0]
-    assert ("ERROR", "PathEscapeError") == (failed.level, failed.data["error"])
-    assert "../../evil.py" in failed.data["message"]
+    assert ("ERROR", "PathEscapeError") == (failed["level"], failed["data"]["error"])
+    assert "../../evil.py" in failed["data"]["message"]
     # Checked before writing: not even the good file was written, and nothing outside.
     assert [] == list((result.run_dir / "files").rglob("*"))
     assert not (runs_dir / "evil.py").exists()
@@ -160,16 +160,16 @@ async def test_llm_events_pair_up_and_carry_the_step(runs_dir: Path) -> None:
         of_type(result.run_dir, "llm.request")[0],
         of_type(result.run_dir, "llm.response")[0],
     )
-    assert (1, 1) == (request.data["attempt"], response.data["attempt"])
+    assert (1, 1) == (request["data"]["attempt"], response["data"]["attempt"])
     assert {"provider": "fake", "model": "echo"} == {
-        k: request.data[k] for k in ("provider", "model")
+        k: request["data"][k] for k in ("provider", "model")
     }
-    assert len("hello") + len("be brief") == request.data["prompt_chars"]
-    assert isinstance(response.data["output_tokens"], int)
+    assert len("hello") + len("be brief") == request["data"]["prompt_chars"]
+    assert isinstance(response["data"]["output_tokens"], int)
     assert all(
-        e.step == "a"
+        e.get("step") == "a"
         for e in all_events
-        if e.type.split(".")[0] in ("step", "llm", "cache", "file")
+        if e["type"].split(".")[0] in ("step", "llm", "cache", "file")
     )
 
 
@@ -177,10 +177,12 @@ async def test_job_started_and_finished_frame_the_log(runs_dir: Path) -> None:
     pipeline = fake_pipeline([Step("a", prompt="x")])
     result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST, inputs={})
     log = events(result.run_dir)
-    assert ("job.started", "job.finished") == (log[0].type, log[-1].type)
-    assert {"pipeline", "pipeline_sha256", "inputs", "resume", "runner_version"} <= set(log[0].data)
-    assert {"status", "duration_s", "steps"} <= set(log[-1].data)
-    assert runner.__version__ == log[0].data["runner_version"]
+    assert ("job.started", "job.finished") == (log[0]["type"], log[-1]["type"])
+    assert {"pipeline", "pipeline_sha256", "inputs", "resume", "runner_version"} <= set(
+        log[0].get("data")
+    )
+    assert {"status", "duration_s", "steps"} <= set(log[-1].get("data"))
+    assert runner.__version__ == log[0]["data"]["runner_version"]
 
 
 async def test_existing_job_id_is_refused_without_resume(runs_dir: Path) -> None:
@@ -201,7 +203,7 @@ async def test_resume_of_an_unknown_job_is_refused(runs_dir: Path) -> None:
 async def test_open_job_streams_live_events(runs_dir: Path) -> None:
     pipeline = fake_pipeline([Step("a", prompt="x"), Step("b", prompt="y", needs=["a"])])
     async with open_job(pipeline, runs_dir=runs_dir, settings=FAST) as job:
-        seen = [(e.type, e.step) async for e in job.events()]
+        seen = [(e["type"], e.get("step")) async for e in job.events()]
     assert kinds(job.run_dir) == seen
     assert job.result is not None
     assert "succeeded" == job.result.status
@@ -224,9 +226,9 @@ async def test_cancellation_from_the_caller_is_recorded_and_leaves_nothing_behin
     assert scope.cancelled_caught
     run_dir = runs_dir / "cancelled"
     log = events(run_dir)
-    assert ("job.finished", "cancelled") == (log[-1].type, log[-1].data["status"])
-    assert "WARN" == log[-1].level
-    succeeded = {e.step for e in log if e.type == "step.succeeded"}
+    assert ("job.finished", "cancelled") == (log[-1]["type"], log[-1]["data"]["status"])
+    assert "WARN" == log[-1]["level"]
+    succeeded = {e.get("step") for e in log if e["type"] == "step.succeeded"}
     assert {"a", "c"} == succeeded
     assert b"\n" == (run_dir / "events.jsonl").read_bytes()[-1:]
     manifest = (run_dir / "manifest.json").read_text()
@@ -241,10 +243,10 @@ async def test_cancellation_with_the_real_clock_and_fsync(runs_dir: Path) -> Non
     with trio.CancelScope() as scope:
         async with open_job(pipeline, runs_dir=runs_dir, job_id="c2") as job:
             async for event in job.events():
-                if event.type == "llm.request":
+                if event["type"] == "llm.request":
                     scope.cancel()
     log = events(runs_dir / "c2")
-    assert ("job.finished", "cancelled") == (log[-1].type, log[-1].data["status"])
+    assert ("job.finished", "cancelled") == (log[-1]["type"], log[-1]["data"]["status"])
     assert job.result is not None
     assert "cancelled" == job.result.status
 
@@ -262,13 +264,15 @@ async def test_cancellation_with_writes_on_the_thread_records_every_finished_ste
         ) as job:
             ended = 0
             async for event in job.events():
-                ended += event.type == "step.succeeded"
+                ended += event["type"] == "step.succeeded"
                 if ended == 5:
                     scope.cancel()
     run_dir = runs_dir / "c3"
     log = events(run_dir)
-    assert ("job.finished", "cancelled") == (log[-1].type, log[-1].data["status"])
-    assert {f"q{i}" for i in range(5)} == {e.step for e in log if e.type == "step.succeeded"}
+    assert ("job.finished", "cancelled") == (log[-1]["type"], log[-1]["data"]["status"])
+    assert {f"q{i}" for i in range(5)} == {
+        e.get("step") for e in log if e["type"] == "step.succeeded"
+    }
     assert [f"q{i}" for i in range(5)] == sorted(p.stem for p in (run_dir / "outputs").iterdir())
     assert [] == [t for t in threading.enumerate() if t.name == "runner-writes"]
 
@@ -296,7 +300,7 @@ async def test_a_job_cannot_run_in_two_places_at_once(runs_dir: Path) -> None:
     with trio.CancelScope() as scope:
         async with open_job(pipeline, runs_dir=runs_dir, job_id="busy", settings=FAST) as job:
             async for event in job.events():
-                if event.type == "step.started":
+                if event["type"] == "step.started":
                     with pytest.raises(
                         JobError, match=r"^job 'busy' is running in another process$"
                     ):
@@ -350,7 +354,7 @@ async def test_an_output_that_cannot_be_written_fails_the_step_not_the_job(
         (job.run_dir / "outputs" / "a.txt").mkdir()  # a directory where a's output goes
     assert job.result is not None
     assert ("failed", {"b": "y"}) == (job.result.status, dict(job.result.outputs))
-    failed = {e.step: e.data for e in of_type(job.run_dir, "step.failed")}
+    failed = {e.get("step"): e.get("data") for e in of_type(job.run_dir, "step.failed")}
     assert ("StorageError", "UnicodeEncodeError") == (failed["a"]["error"], failed["c"]["error"])
     assert all(isinstance(data["duration_s"], float) for data in failed.values())
 

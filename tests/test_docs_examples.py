@@ -192,9 +192,9 @@ async def test_an_example_file_loads_and_runs_on_the_fake_provider(path, tmp_pat
         pipeline, inputs=required, runs_dir=tmp_path / "runs", settings=runner.Settings()
     )
     failures = [
-        (event.step, (event.data or {}).get("message"))
+        (event.get("step"), (event.get("data") or {}).get("message"))
         for event in runner.read_events(result.run_dir / "events.jsonl")
-        if event.type == "step.failed"
+        if event["type"] == "step.failed"
     ]
     assert [] == failures
     assert ("succeeded", set(pipeline.step_names)) == (result.status, set(result.outputs))

@@ -11,25 +11,32 @@ from hypothesis import strategies as st
 
 from runner import Event, EventEmitter, RunnerError, read_events
 from runner.event_writer import EventWriter
-from runner.events import EVENT_TYPES, TornLineWarning, make_event
+from runner.events import EVENT_TYPES, TornLineWarning, event_line, make_event, matches_type
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
 
 def test_event_json_has_keys_in_contract_order() -> None:
-    event = Event("2026-11-24T05:23:34.123456+00:00", "INFO", "j", "step.started", "a", {"x": 1})
-    assert ["ts", "level", "job_id", "type", "step", "data"] == list(json.loads(event.to_json()))
+    event = make_event("j", "step.started", step="a", data={"x": 1}, level="INFO")
+    assert ["ts", "level", "job_id", "type", "step", "data"] == list(json.loads(event_line(event)))
 
 
 def test_event_json_omits_absent_step_and_data() -> None:
-    event = Event("2026-11-24T05:23:34.123456+00:00", "INFO", "j", "job.started")
-    assert ["ts", "level", "job_id", "type"] == list(json.loads(event.to_json()))
+    event = make_event("j", "job.started")
+    assert ["ts", "level", "job_id", "type"] == list(json.loads(event_line(event)))
+
+
+def test_an_event_is_a_plain_dict_read_back_as_written(tmp_path: Path) -> None:
+    event = make_event("j", "step.failed", step="a", data={"error": "E", "message": "m"})
+    assert type(event) is dict
+    (tmp_path / "events.jsonl").write_bytes(event_line(event))
+    assert [event] == list(read_events(tmp_path / "events.jsonl"))
 
 
 def test_make_event_fills_utc_microsecond_timestamp_and_default_level() -> None:
     event = make_event("j", "llm.retry", step="a")
-    assert TS.match(event.ts)
-    assert "WARN" == event.level
+    assert TS.match(event["ts"])
+    assert "WARN" == event["level"]
 
 
 @pytest.mark.parametrize(
@@ -56,10 +63,10 @@ def test_every_type_in_the_design_table_is_known() -> None:
 
 def test_matches_type_family() -> None:
     event = make_event("j", "llm.retry")
-    assert event.matches_type("llm")
-    assert event.matches_type("llm.retry")
-    assert not event.matches_type("ll")
-    assert not event.matches_type("llm.request")
+    assert matches_type(event, "llm")
+    assert matches_type(event, "llm.retry")
+    assert not matches_type(event, "ll")
+    assert not matches_type(event, "llm.request")
 
 
 async def _write(path: Path, events: list[tuple[str, str | None]]) -> list[Event]:
@@ -105,14 +112,14 @@ async def test_writer_cuts_a_torn_tail_before_appending(tmp_path: Path) -> None:
     with open(path, "ab") as file:
         file.write(b'{"ts":"2026-11-24T0')  # a crash mid-line
     await _write(path, [("job.started", None)])
-    assert ["job.started", "job.started"] == [e.type for e in read_events(path)]
+    assert ["job.started", "job.started"] == [e["type"] for e in read_events(path)]
 
 
 async def test_wait_written_returns_once_the_writer_caught_up(tmp_path: Path) -> None:
     seen: list[str] = []
     send_channel, receive_channel = trio.open_memory_channel[Event](100)
     writer = EventWriter(
-        tmp_path / "events.jsonl", fsync=False, on_event=lambda e: seen.append(e.type)
+        tmp_path / "events.jsonl", fsync=False, on_event=lambda e: seen.append(e["type"])
     )
     emitter = EventEmitter("job-1", send_channel)
     async with trio.open_nursery() as nursery:
@@ -125,18 +132,17 @@ async def test_wait_written_returns_once_the_writer_caught_up(tmp_path: Path) ->
 
 
 def _valid_log(n: int) -> bytes:
-    lines = [
-        make_event("j", "step.started", step=f"s{i}", data={"text": 'é\n"x"' * i}).to_json()
+    return b"".join(
+        event_line(make_event("j", "step.started", step=f"s{i}", data={"text": 'é\n"x"' * i}))
         for i in range(n)
-    ]
-    return "".join(line + "\n" for line in lines).encode()
+    )
 
 
 def test_read_events_skips_a_torn_last_line_with_a_warning(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_bytes(_valid_log(3) + b'{"ts": "2026')
     with pytest.warns(TornLineWarning):
-        assert ["s0", "s1", "s2"] == [e.step for e in read_events(path)]
+        assert ["s0", "s1", "s2"] == [e.get("step") for e in read_events(path)]
 
 
 def test_read_events_skips_a_complete_line_without_its_newline(tmp_path: Path) -> None:
@@ -144,7 +150,7 @@ def test_read_events_skips_a_complete_line_without_its_newline(tmp_path: Path) -
     path = tmp_path / "events.jsonl"
     path.write_bytes(_valid_log(2).rstrip(b"\n"))
     with pytest.warns(TornLineWarning):
-        assert ["s0"] == [e.step for e in read_events(path)]
+        assert ["s0"] == [e.get("step") for e in read_events(path)]
 
 
 @given(cut=st.integers(min_value=0, max_value=2000))
@@ -157,7 +163,7 @@ def test_read_events_on_any_truncation_yields_a_prefix(
     path.write_bytes(log[:cut])
     complete_lines = log[:cut].count(b"\n")
     with pytest.warns(TornLineWarning) if not log[:cut].endswith(b"\n") and cut else _no_warning():
-        got = [e.step for e in read_events(path)]
+        got = [e.get("step") for e in read_events(path)]
     assert [f"s{i}" for i in range(complete_lines)] == got
 
 
@@ -200,7 +206,7 @@ async def test_fsyncs_are_rate_limited_and_the_last_event_is_always_synced(
 
 def test_an_event_holding_half_a_surrogate_pair_is_still_one_valid_line(tmp_path: Path) -> None:
     event = make_event("j", "step.failed", step="a", data={"message": "cut mid-emoji \ud83d"})
-    line = event.to_line()
+    line = event_line(event)
     assert line.endswith(b"\n")
     assert 1 == line.count(b"\n")
     line.decode("utf-8")  # valid UTF-8: the surrogate is escaped, not written raw

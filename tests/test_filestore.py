@@ -164,9 +164,9 @@ async def test_safe_write_emits_file_written(tmp_path: Path) -> None:
     result = await safe_write(tmp_path, "x.txt", b"x", emitter=emitter, step="builder")
     event = receive_channel.receive_nowait()
     assert ("file.written", "builder", dict(result)) == (
-        event.type,
-        event.step,
-        dict(event.data or {}),
+        event["type"],
+        event.get("step"),
+        dict(event.get("data") or {}),
     )
 
 
@@ -208,7 +208,9 @@ async def test_rerunning_a_step_rewrites_nothing_and_keeps_the_manifest(runs_dir
     again = await run_dag(pipeline, runs_dir=runs_dir, job_id="j1", resume=True, use_cache=False)
     assert "succeeded" == again.status
     last_run = [e for e in _events(first.run_dir)][-9:]
-    reasons = {e.data["path"]: e.data["reason"] for e in last_run if e.type == "file.written"}
+    reasons = {
+        e["data"]["path"]: e["data"]["reason"] for e in last_run if e["type"] == "file.written"
+    }
     assert {"nochange"} == set(reasons.values())
     assert before == (first.run_dir / "manifest.json").read_bytes()
 

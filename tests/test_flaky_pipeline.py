@@ -102,33 +102,33 @@ async def test_flaky_provider_every_step_succeeds_and_every_failure_is_logged(
 
     log = events(result.run_dir)
     assert "succeeded" == result.status
-    succeeded = {e.step: e.data["attempts"] for e in log if e.type == "step.succeeded"}
+    succeeded = {e.get("step"): e["data"]["attempts"] for e in log if e["type"] == "step.succeeded"}
     assert set(NEEDS) == set(succeeded)
 
     # The server saw every failure scripted, and one good reply per step.
     assert sum(failures.values()) + len(NEEDS) == len(server.requests)
     # Each request it saw is one llm.request / llm.response pair in the log...
-    requests = [e for e in log if e.type == "llm.request"]
-    responses = [e for e in log if e.type == "llm.response"]
+    requests = [e for e in log if e["type"] == "llm.request"]
+    responses = [e for e in log if e["type"] == "llm.response"]
     assert len(server.requests) == len(requests) == len(responses)
-    assert failures == Counter(e.data["status"] for e in responses if e.data["status"] != 200)
+    assert failures == Counter(e["data"]["status"] for e in responses if e["data"]["status"] != 200)
     # ...and each failed response was retried once, with its own reason.
-    retries = [e for e in log if e.type == "llm.retry"]
-    reasons = Counter(e.data["reason"] for e in retries)
+    retries = [e for e in log if e["type"] == "llm.retry"]
+    reasons = Counter(e["data"]["reason"] for e in retries)
     assert failures == Counter(
         {int(r.removeprefix("http_")): n for r, n in reasons.items() if r.startswith("http_")}
     )
     assert set(reasons) <= {"http_503", "http_429", "circuit_open"}
     # The other retries are attempts the open breaker refused: never sent.
-    refused = Counter(e.step for e in retries if e.data["reason"] == "circuit_open")
-    sent = Counter(e.step for e in requests)
+    refused = Counter(e.get("step") for e in retries if e["data"]["reason"] == "circuit_open")
+    sent = Counter(e.get("step") for e in requests)
     for step, attempts in succeeded.items():
         assert attempts == sent[step] + refused[step], step
-        assert attempts - 1 == sum(e.step == step for e in retries), step
+        assert attempts - 1 == sum(e.get("step") == step for e in retries), step
 
     # Delays: Retry-After honoured, jitter within the cap, the breaker's wait within the cooldown.
     for e in retries:
-        delay_s, reason = e.data["delay_s"], e.data["reason"]
+        delay_s, reason = e["data"]["delay_s"], e["data"]["reason"]
         if reason == "http_429":
             assert float(RETRY_AFTER_S) == delay_s
         elif reason == "circuit_open":
@@ -137,15 +137,15 @@ async def test_flaky_provider_every_step_succeeds_and_every_failure_is_logged(
             assert 0 <= delay_s < RETRY_CAP_S
 
     # The breaker opened on root's THRESHOLD failures and went through legal states only.
-    transitions = [e for e in log if e.type.startswith("breaker.")]
+    transitions = [e for e in log if e["type"].startswith("breaker.")]
     assert ("breaker.opened", {"provider": "openai", "failures": THRESHOLD}) == (
-        transitions[0].type,
-        transitions[0].data,
+        transitions[0]["type"],
+        transitions[0].get("data"),
     )
-    assert valid_breaker_sequence([e.type for e in transitions])
+    assert valid_breaker_sequence([e["type"] for e in transitions])
     assert refused["root"] >= 1
     # While the breaker was open, nothing was sent.
-    marks = [i for i, e in enumerate(log) if e.type.startswith("breaker.")]
+    marks = [i for i, e in enumerate(log) if e["type"].startswith("breaker.")]
     for start, end in itertools.pairwise(marks):
-        if log[start].type == "breaker.opened":
-            assert [] == [e for e in log[start:end] if e.type == "llm.request"]
+        if log[start]["type"] == "breaker.opened":
+            assert [] == [e for e in log[start:end] if e["type"] == "llm.request"]

@@ -26,8 +26,10 @@ def _event_lines(run_dir: Path) -> str:
     varying = {"duration_s", "latency_s", "pid", "host"}
     lines = []
     for event in read_events(run_dir / "events.jsonl"):
-        data = {k: ("*" if k in varying else v) for k, v in (event.data or {}).items()}
-        lines.append(json.dumps([event.level, event.type, event.step, data], sort_keys=True))
+        data = {k: ("*" if k in varying else v) for k, v in (event.get("data") or {}).items()}
+        lines.append(
+            json.dumps([event["level"], event["type"], event.get("step"), data], sort_keys=True)
+        )
     return "\n".join(lines) + "\n"
 
 

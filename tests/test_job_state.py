@@ -55,7 +55,7 @@ async def test_manifest_is_rewritten_coalesced_not_per_event(
     pipeline = fake_pipeline([Step(f"s{i}", prompt=str(i)) for i in range(300)])
     start = trio.current_time()
     async with open_job(pipeline, runs_dir=runs_dir, settings=Settings(fsync="never")) as job:
-        transitions = sum([1 async for e in job.events() if e.type.startswith("step.")])
+        transitions = sum([1 async for e in job.events() if e["type"].startswith("step.")])
     elapsed = trio.current_time() - start
     assert 600 == transitions
     # One rewrite per ~100 ms at most while running, plus the final one: not one per transition.

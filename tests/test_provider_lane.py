@@ -78,7 +78,7 @@ def drain(receive_channel):
             event = receive_channel.receive_nowait()
         except trio.WouldBlock:
             return events
-        events.append((event.type, dict(event.data or {})))
+        events.append((event["type"], dict(event.get("data") or {})))
 
 
 def make_breaker(threshold=5, cooldown_s=30.0):

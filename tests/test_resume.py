@@ -35,7 +35,7 @@ from runner import (
     read_events,
     run_dag,
 )
-from runner.events import Event, TornLineWarning, make_event
+from runner.events import Event, TornLineWarning, event_line, make_event
 from runner.filestore import leftover_temp_files, sha256_bytes
 from runner.job_state import fold_events, fold_log
 from runner.testing import Fail, FakeLLMServer, Reply, open_fake_llm_server
@@ -68,7 +68,7 @@ def _runs(run_dir: Path) -> list[list[Event]]:
     """The log cut into runs, one per `job.started`."""
     runs: list[list[Event]] = []
     for event in events(run_dir):
-        if event.type == "job.started":
+        if event["type"] == "job.started":
             runs.append([])
         runs[-1].append(event)
     return runs
@@ -76,9 +76,11 @@ def _runs(run_dir: Path) -> list[list[Event]]:
 
 def _steps_with(run: list[Event], type_: str, **data: Any) -> set[str]:
     return {
-        e.step
+        e.get("step")
         for e in run
-        if e.type == type_ and e.step and all((e.data or {}).get(k) == v for k, v in data.items())
+        if e["type"] == type_
+        and e.get("step")
+        and all((e.get("data") or {}).get(k) == v for k, v in data.items())
     }
 
 
@@ -128,9 +130,9 @@ async def test_resume_skips_completed_steps(runs_dir: Path, settings: Settings) 
     assert "succeeded" == second.status
     assert log.read_bytes().startswith(before)  # appended to the same log
     first_run, resumed = _runs(second.run_dir)
-    assert (False, True) == (first_run[0].data["resume"], resumed[0].data["resume"])
+    assert (False, True) == (first_run[0]["data"]["resume"], resumed[0]["data"]["resume"])
     assert [("step.skipped", "architect")] == [
-        (e.type, e.step) for e in resumed if e.step == "architect"
+        (e["type"], e.get("step")) for e in resumed if e.get("step") == "architect"
     ]
     assert {"architect"} == _steps_with(resumed, "step.skipped", reason="resumed")
     assert (
@@ -138,7 +140,7 @@ async def test_resume_skips_completed_steps(runs_dir: Path, settings: Settings) 
     )
     # architect's stored output went downstream: the fake model echoes builder's prompt.
     assert {"architect": "DESIGN-7", "builder": "build from: DESIGN-7"} == dict(second.outputs)
-    assert ("job.finished", "succeeded") == (resumed[-1].type, resumed[-1].data["status"])
+    assert ("job.finished", "succeeded") == (resumed[-1]["type"], resumed[-1]["data"]["status"])
 
 
 async def test_resume_after_failure(runs_dir: Path) -> None:
@@ -159,9 +161,9 @@ async def test_resume_after_failure(runs_dir: Path) -> None:
         settings = _loopback_settings(server)
         first = await run_dag(pipeline, runs_dir=runs_dir, job_id="j", settings=settings)
         assert "failed" == first.status
-        failed = [e for e in events(first.run_dir) if e.type == "step.failed"]
-        assert [("b", 1)] == [(e.step, e.data["attempts"]) for e in failed]
-        assert "bad request: b" in failed[0].data["message"]
+        failed = [e for e in events(first.run_dir) if e["type"] == "step.failed"]
+        assert [("b", 1)] == [(e.get("step"), e["data"]["attempts"]) for e in failed]
+        assert "bad request: b" in failed[0]["data"]["message"]
         assert Counter({"a": 1, "b": 1, "side": 1}) == _requests_by_step(server)
 
         second = await run_dag(
@@ -196,7 +198,7 @@ async def test_resume_of_a_finished_job_changes_nothing_and_requests_nothing(
         assert manifest == (first.run_dir / "manifest.json").read_bytes()
         resumed = _runs(first.run_dir)[-1]
         assert ["job.started", "step.skipped", "step.skipped", "job.finished"] == [
-            e.type for e in resumed
+            e["type"] for e in resumed
         ]
         assert dict(first.outputs) == dict(again.outputs)
 
@@ -300,7 +302,7 @@ async def test_a_changed_input_reruns_the_steps_that_use_it(runs_dir: Path) -> N
     assert {"plain"} == _steps_with(resumed, "step.skipped", reason="resumed")
     assert {"uses", "after"} == _steps_with(resumed, "step.started")
     assert ({"topic": "h11"}, "then about h11") == (
-        resumed[0].data["inputs"],
+        resumed[0]["data"]["inputs"],
         again.outputs["after"],
     )
 
@@ -316,7 +318,7 @@ async def test_resume_with_a_pipeline_that_dropped_an_input(runs_dir: Path) -> N
     again = await run_dag(without, runs_dir=runs_dir, job_id="j", resume=True, settings=FAST)
 
     resumed = _runs(runs_dir / "j")[-1]
-    assert ("succeeded", {}) == (again.status, resumed[0].data["inputs"])
+    assert ("succeeded", {}) == (again.status, resumed[0]["data"]["inputs"])
     assert ({"b"}, {"a"}) == (
         _steps_with(resumed, "step.skipped", reason="resumed"),
         _steps_with(resumed, "step.started"),
@@ -344,7 +346,7 @@ async def test_a_torn_last_line_is_cut_and_the_job_resumes(runs_dir: Path) -> No
     assert after.startswith(whole)  # the torn bytes are gone, the new run follows
     assert b"2026-11-24T05:23:34.1234" not in after
     parsed = events(first.run_dir)  # no warning now: warnings are errors in this suite
-    assert ("job.finished", "succeeded") == (parsed[-1].type, parsed[-1].data["status"])
+    assert ("job.finished", "succeeded") == (parsed[-1]["type"], parsed[-1]["data"]["status"])
     assert len(after.splitlines()) == len(parsed)
 
 
@@ -467,7 +469,7 @@ async def test_sigkill_mid_call_then_resume(tmp_path: Path) -> None:
             interrupted, "step.succeeded"
         )
         assert {"fast", "side"} == _steps_with(resumed, "step.skipped", reason="resumed")
-        assert ("job.finished", "succeeded") == (resumed[-1].type, resumed[-1].data["status"])
+        assert ("job.finished", "succeeded") == (resumed[-1]["type"], resumed[-1]["data"]["status"])
         assert [] == leftover_temp_files([run_dir / "files", run_dir / "outputs"])
         assert (
             "echo: last: echo: slow: echo: fast: go echo: side: go"
@@ -482,7 +484,7 @@ async def test_sigint_mid_call_exits_130_then_resume_finishes(tmp_path: Path) ->
             assert 130 == await process.wait()
         run_dir = tmp_path / "runs" / "k"
         last = events(run_dir)[-1]
-        assert ("job.finished", "cancelled") == (last.type, last.data["status"])
+        assert ("job.finished", "cancelled") == (last["type"], last["data"]["status"])
         assert "Traceback" not in (tmp_path / "first.err").read_text()
 
         done = await _resume(tmp_path, pipeline, env)
@@ -490,7 +492,7 @@ async def test_sigint_mid_call_exits_130_then_resume_finishes(tmp_path: Path) ->
         assert 0 == done.returncode, done.stderr.decode()
         assert Counter({"fast": 1, "side": 1, "slow": 2, "last": 1}) == _requests_by_step(server)
         last = events(run_dir)[-1]
-        assert ("job.finished", "succeeded") == (last.type, last.data["status"])
+        assert ("job.finished", "succeeded") == (last["type"], last["data"]["status"])
 
 
 # -- read_completed_steps -------------------------------------------------------------
@@ -500,7 +502,7 @@ def _write_log(run_dir: Path, specs: list[tuple[str, str | None, dict[str, Any] 
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "events.jsonl"
     log.write_text(
-        "".join(make_event("j", t, step=s, data=d).to_json() + "\n" for t, s, d in specs)
+        "".join(event_line(make_event("j", t, step=s, data=d)).decode() for t, s, d in specs)
     )
     return log
 
@@ -599,7 +601,7 @@ def test_read_completed_steps_reads_a_log_not_in_the_writers_compact_form(tmp_pa
     sha = _output(tmp_path, "a", "x")
     specs = [STARTED, ("step.started", "a", None), _succeeded(sha)]
     lines = [
-        json.dumps(json.loads(make_event("j", t, step=s, data=d).to_json())) for t, s, d in specs
+        json.dumps(json.loads(event_line(make_event("j", t, step=s, data=d)))) for t, s, d in specs
     ]
     (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
     assert {"a"} == read_completed_steps(tmp_path / "events.jsonl")
@@ -610,7 +612,7 @@ def test_memory_does_not_grow_with_the_log(tmp_path: Path) -> None:
     hashes = {step: _output(tmp_path, step, f"output of {step}") for step in steps}
     # One resume's worth of events for every step, repeated: 200,000 events over 50 steps.
     one_run = "".join(
-        make_event("j", type_, step=step, data=data).to_json() + "\n"
+        event_line(make_event("j", type_, step=step, data=data)).decode()
         for step in steps
         for type_, data in (
             ("step.started", None),
@@ -620,7 +622,7 @@ def test_memory_does_not_grow_with_the_log(tmp_path: Path) -> None:
             ("step.succeeded", {"output_sha256": hashes[step], "attempts": 1}),
         )
     )
-    started = make_event("j", "job.started", data={"steps": steps}).to_json() + "\n"
+    started = event_line(make_event("j", "job.started", data={"steps": steps})).decode()
     log = tmp_path / "events.jsonl"
     log.write_text((started + one_run) * 800)
     assert 800 * (1 + 5 * 50) == len(log.read_bytes().splitlines())

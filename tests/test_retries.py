@@ -51,19 +51,22 @@ def parallel(n: int, **step_fields) -> list[Step]:
 
 
 def of_type(log, type_):
-    return [e for e in log if e.type == type_]
+    return [e for e in log if e["type"] == type_]
 
 
 def retries(log) -> list[tuple[str | None, int, str]]:
-    return [(e.step, e.data["attempt"], e.data["reason"]) for e in of_type(log, "llm.retry")]
+    return [
+        (e.get("step"), e["data"]["attempt"], e["data"]["reason"])
+        for e in of_type(log, "llm.retry")
+    ]
 
 
 def breaker_events(log) -> list[str]:
-    return [e.type for e in log if e.type in BREAKER_EVENTS]
+    return [e["type"] for e in log if e["type"] in BREAKER_EVENTS]
 
 
 def between(log, first: int, last: int, type_: str) -> list:
-    return [e for e in log[first + 1 : last] if e.type == type_]
+    return [e for e in log[first + 1 : last] if e["type"] == type_]
 
 
 async def test_provider_retries_on_timeout(runs_dir: Path) -> None:
@@ -81,16 +84,20 @@ async def test_provider_retries_on_timeout(runs_dir: Path) -> None:
     assert [("ask", 1, "timeout"), ("ask", 2, "timeout")] == retries(log)
     # Full jitter: retry n waits less than min(cap, base * 2**(n-1)).
     assert all(
-        0 <= e.data["delay_s"] < 0.01 * 2 ** (e.data["attempt"] - 1)
+        0 <= e["data"]["delay_s"] < 0.01 * 2 ** (e["data"]["attempt"] - 1)
         for e in log
-        if e.type == "llm.retry"
+        if e["type"] == "llm.retry"
     )
-    calls = [(e.type, e.data["attempt"]) for e in log if e.type in ("llm.request", "llm.response")]
+    calls = [
+        (e["type"], e["data"]["attempt"])
+        for e in log
+        if e["type"] in ("llm.request", "llm.response")
+    ]
     assert [(t, n) for n in (1, 2, 3) for t in ("llm.request", "llm.response")] == calls
-    statuses = [e.data["status"] for e in of_type(log, "llm.response")]
+    statuses = [e["data"]["status"] for e in of_type(log, "llm.response")]
     assert ["timeout", "timeout", 200] == statuses
     [succeeded] = of_type(log, "step.succeeded")
-    assert 3 == succeeded.data["attempts"]
+    assert 3 == succeeded["data"]["attempts"]
 
 
 async def test_circuit_breaker_opens_after_threshold(runs_dir: Path) -> None:
@@ -108,12 +115,12 @@ async def test_circuit_breaker_opens_after_threshold(runs_dir: Path) -> None:
     log = events(result.run_dir)
     assert ["breaker.opened"] == breaker_events(log)
     [opened] = of_type(log, "breaker.opened")
-    assert {"provider": "openai", "failures": 2} == opened.data
+    assert {"provider": "openai", "failures": 2} == opened.get("data")
     assert 2 == len(of_type(log, "llm.request"))
     assert [("ask", 1, "http_503"), ("ask", 2, "http_503")] == retries(log)
     [failed] = of_type(log, "step.failed")
-    assert ("CircuitOpenError", 3) == (failed.data["error"], failed.data["attempts"])
-    assert failed.data["message"].startswith("circuit breaker for openai is open (next try in")
+    assert ("CircuitOpenError", 3) == (failed["data"]["error"], failed["data"]["attempts"])
+    assert failed["data"]["message"].startswith("circuit breaker for openai is open (next try in")
 
 
 async def test_an_attempt_refused_by_the_open_breaker_waits_out_the_cooldown(
@@ -139,16 +146,16 @@ async def test_an_attempt_refused_by_the_open_breaker_waits_out_the_cooldown(
         ("ask", 3, "circuit_open"),
     ] == retries(log)
     refused = of_type(log, "llm.retry")[2]
-    assert 0 < refused.data["delay_s"] <= cooldown_s
-    assert [1, 2, 4] == [e.data["attempt"] for e in of_type(log, "llm.request")]
+    assert 0 < refused["data"]["delay_s"] <= cooldown_s
+    assert [1, 2, 4] == [e["data"]["attempt"] for e in of_type(log, "llm.request")]
     expected = ["breaker.opened", "breaker.half_open", "breaker.opened"]
     assert expected == breaker_events(log)
-    opened = next(i for i, e in enumerate(log) if e.type == "breaker.opened")
-    half_open = next(i for i, e in enumerate(log) if e.type == "breaker.half_open")
+    opened = next(i for i, e in enumerate(log) if e["type"] == "breaker.opened")
+    half_open = next(i for i, e in enumerate(log) if e["type"] == "breaker.half_open")
     assert [] == between(log, opened, half_open, "llm.request")
     [failed] = of_type(log, "step.failed")
-    assert ("RetryableProviderError", 4) == (failed.data["error"], failed.data["attempts"])
-    assert failed.data["message"].startswith("openai: 503 ")
+    assert ("RetryableProviderError", 4) == (failed["data"]["error"], failed["data"]["attempts"])
+    assert failed["data"]["message"].startswith("openai: 503 ")
 
 
 @pytest.mark.parametrize(
@@ -172,8 +179,8 @@ async def test_retry_after_sets_the_delay(runs_dir: Path, fail, cap_s, expected_
     assert ("succeeded", 2) == (result.status, len(server.requests))
     [retry] = of_type(events(result.run_dir), "llm.retry")
     assert (f"http_{fail.status}", expected_delay_s) == (
-        retry.data["reason"],
-        retry.data["delay_s"],
+        retry["data"]["reason"],
+        retry["data"]["delay_s"],
     )
 
 
@@ -193,7 +200,7 @@ async def test_retry_after_as_an_http_date(runs_dir: Path, offset_s, in_future) 
 
     assert "succeeded" == result.status
     [retry] = of_type(events(result.run_dir), "llm.retry")
-    delay_s = retry.data["delay_s"]
+    delay_s = retry["data"]["delay_s"]
     assert 0 <= delay_s <= cap_s
     if in_future:
         # Two seconds or more away: the date was read, and its delay bounded by the cap.
@@ -216,8 +223,8 @@ async def test_permanent_errors_are_not_retried(runs_dir: Path, status) -> None:
     assert ("failed", 1) == (result.status, len(server.requests))
     log = events(result.run_dir)
     [failed] = of_type(log, "step.failed")
-    assert ("PermanentProviderError", 1) == (failed.data["error"], failed.data["attempts"])
-    assert failed.data["message"].startswith(f"openai: {status} the provider says no ({status})")
+    assert ("PermanentProviderError", 1) == (failed["data"]["error"], failed["data"]["attempts"])
+    assert failed["data"]["message"].startswith(f"openai: {status} the provider says no ({status})")
     assert [] == retries(log)
     assert [] == breaker_events(log)
 
@@ -258,14 +265,14 @@ async def test_half_open_admits_one_probe_then_closes(runs_dir: Path) -> None:
     assert 4 + 1 + 3 == len(server.requests)
     log = events(result.run_dir)
     assert ["breaker.opened", "breaker.half_open", "breaker.closed"] == breaker_events(log)
-    half_open = next(i for i, e in enumerate(log) if e.type == "breaker.half_open")
-    closed = next(i for i, e in enumerate(log) if e.type == "breaker.closed")
+    half_open = next(i for i, e in enumerate(log) if e["type"] == "breaker.half_open")
+    closed = next(i for i, e in enumerate(log) if e["type"] == "breaker.closed")
     assert 1 == len(between(log, half_open, closed, "llm.request"))
     # Nothing was sent while the breaker was open: every step waited it out.
-    opened = next(i for i, e in enumerate(log) if e.type == "breaker.opened")
+    opened = next(i for i, e in enumerate(log) if e["type"] == "breaker.opened")
     assert [] == between(log, opened, half_open, "llm.request")
     assert {f"s{i}" for i in range(4)} == {
-        e.step for e in of_type(log, "llm.retry") if e.data["reason"] == "circuit_open"
+        e.get("step") for e in of_type(log, "llm.retry") if e["data"]["reason"] == "circuit_open"
     }
 
 
@@ -283,13 +290,13 @@ async def test_half_open_reopens_after_a_bad_probe(runs_dir: Path) -> None:
     log = events(result.run_dir)
     expected = ["breaker.opened", "breaker.half_open", "breaker.opened", "breaker.half_open"]
     assert [*expected, "breaker.closed"] == breaker_events(log)
-    marks = [i for i, e in enumerate(log) if e.type in BREAKER_EVENTS]
+    marks = [i for i, e in enumerate(log) if e["type"] in BREAKER_EVENTS]
     # One probe per half-open period, nothing at all while open.
     assert [0, 1, 0, 1] == [
         len(between(log, a, b, "llm.request")) for a, b in itertools.pairwise(marks)
     ]
     reopened = log[marks[2]]
-    assert {"provider": "openai", "failures": 2} == reopened.data
+    assert {"provider": "openai", "failures": 2} == reopened.get("data")
 
 
 async def _most_in_flight(runs_dir: Path, **providers_config: object) -> tuple[int, Path]:
@@ -323,10 +330,10 @@ async def test_max_concurrency_caps_requests_in_flight(runs_dir: Path) -> None:
     # The log agrees: never more than two requests without their response.
     calls = peak = 0
     for e in events(run_dir):
-        if e.type == "llm.request":
+        if e["type"] == "llm.request":
             calls += 1
             peak = max(peak, calls)
-        elif e.type == "llm.response":
+        elif e["type"] == "llm.response":
             calls -= 1
     assert 2 == peak
 
@@ -349,9 +356,9 @@ async def test_timeout_without_retries_fails_the_step_saying_timed_out(runs_dir:
     assert ("failed", 1) == (result.status, len(server.requests))
     log = events(result.run_dir)
     [failed] = of_type(log, "step.failed")
-    assert ("ProviderTimeoutError", 1) == (failed.data["error"], failed.data["attempts"])
-    assert failed.data["message"].startswith("openai")
-    assert "timed out" in failed.data["message"]
+    assert ("ProviderTimeoutError", 1) == (failed["data"]["error"], failed["data"]["attempts"])
+    assert failed["data"]["message"].startswith("openai")
+    assert "timed out" in failed["data"]["message"]
     assert [] == retries(log)
 
 
@@ -367,9 +374,9 @@ async def test_a_step_timeout_shorter_than_the_provider_timeout_is_honoured(
         )
 
     [failed] = of_type(events(result.run_dir), "step.failed")
-    assert "ProviderTimeoutError" == failed.data["error"]
+    assert "ProviderTimeoutError" == failed["data"]["error"]
     # The step's own deadline ended the call, not the provider's 30 s.
-    assert re.match(r"^openai:? timed out after 0\.2s$", failed.data["message"])
+    assert re.match(r"^openai:? timed out after 0\.2s$", failed["data"]["message"])
 
 
 async def test_a_step_timeout_longer_than_the_provider_timeout_is_honoured(
@@ -404,5 +411,5 @@ async def test_calls_queued_behind_max_concurrency_do_not_pass_an_open_breaker(
     assert 2 == len(server.requests)
     log = events(result.run_dir)
     assert ["breaker.opened"] == breaker_events(log)
-    refused = [e for e in of_type(log, "step.failed") if e.data["error"] == "CircuitOpenError"]
+    refused = [e for e in of_type(log, "step.failed") if e["data"]["error"] == "CircuitOpenError"]
     assert 6 == len(refused)

@@ -83,8 +83,8 @@ async def test_a_symlinked_job_subdirectory_is_refused_and_nothing_lands_outside
     assert "failed" == again.status
     assert before == sorted((p.relative_to(outside), p.read_bytes()) for p in _files(outside))
     [failed] = of_type(run_dir, "step.failed")
-    assert ("ERROR", "PathEscapeError") == (failed.level, failed.data["error"])
-    assert f"{target!r} is a symlink" in failed.data["message"]
+    assert ("ERROR", "PathEscapeError") == (failed["level"], failed["data"]["error"])
+    assert f"{target!r} is a symlink" in failed["data"]["message"]
 
 
 def _files(root: Path) -> list[Path]:
@@ -97,8 +97,8 @@ async def test_a_step_cannot_write_the_jobs_own_files(runs_dir: Path) -> None:
     result = await run_dag(pipeline, runs_dir=runs_dir, settings=FAST)
     assert "failed" == result.status
     [failed] = of_type(result.run_dir, "step.failed")
-    assert "PathEscapeError" == failed.data["error"]
-    assert all(e.type != "file.written" for e in events(result.run_dir))
+    assert "PathEscapeError" == failed["data"]["error"]
+    assert all(e["type"] != "file.written" for e in events(result.run_dir))
 
 
 # -- temp files a killed write leaves ------------------------------------------------

@@ -90,11 +90,15 @@ async def test_a_failed_output_write_fails_the_step_and_skips_its_dependents(
         ("step.failed", "a"),
         ("step.skipped", "b"),
         ("job.finished", None),
-    ] == [(e.type, e.step) for e in events(result.run_dir) if e.type.split(".")[0] in STEP_JOB][1:]
+    ] == [
+        (e["type"], e.get("step"))
+        for e in events(result.run_dir)
+        if e["type"].split(".")[0] in STEP_JOB
+    ][1:]
     failed = of_type(result.run_dir, "step.failed")[0]
     assert ("StorageError", "upstream_failed") == (
-        failed.data["error"],
-        of_type(result.run_dir, "step.skipped")[0].data["reason"],
+        failed["data"]["error"],
+        of_type(result.run_dir, "step.skipped")[0]["data"]["reason"],
     )
 
 
