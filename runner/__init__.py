@@ -30,6 +30,7 @@ from .event_writer import EventEmitter as EventEmitter
 from .events import Event as Event
 from .events import read_events as read_events
 from .filestore import safe_write as safe_write
+from .job_options import JobOptions as JobOptions
 from .jobs import Job as Job
 from .jobs import open_job as open_job
 from .jobs import read_completed_steps as read_completed_steps
@@ -49,6 +50,7 @@ __all__ = [
     "InputSpec",
     "Job",
     "JobError",
+    "JobOptions",
     "JobResult",
     "MalformedResponseError",
     "PathEscapeError",

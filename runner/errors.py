@@ -12,7 +12,9 @@ The tree::
         ├── RetryableProviderError        worth another attempt
         │   ├── ProviderTimeoutError (TimeoutError)
         │   ├── ProviderConnectionError (ConnectionError)
-        │   └── RateLimitError            429: back off, but the provider is not down
+        │   ├── RateLimitError            429: back off, but the provider is not down
+        │   ├── MalformedResponseError    an answer that cannot be read
+        │   └── ProviderStreamError       a stream that broke off or reported an error
         ├── PermanentProviderError        retrying would fail the same way
         └── CircuitOpenError              the provider's breaker refused the call
 

@@ -12,32 +12,41 @@ import datetime as _dt
 import os
 import socket
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from typing import Any, Final, Literal
 
 import attrs
 
 from ._json import sorted_json
 from .events import Event, complete_lines, decode_record, parse_line
 
-__all__ = ["MANIFEST_FORMAT_VERSION", "JobState", "StepState", "fold_events"]
+__all__ = [
+    "MANIFEST_FORMAT_VERSION",
+    "JobState",
+    "JobStatus",
+    "StepState",
+    "StepStatus",
+    "fold_events",
+]
 
 MANIFEST_FORMAT_VERSION = 1
 
 
-# A step's status as the views show it.
-PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELLED = (
-    "pending",
-    "running",
-    "succeeded",
-    "failed",
-    "skipped",
-    "cancelled",
-)
+#: A step's status as the log and the views tell it.
+StepStatus = Literal["pending", "running", "succeeded", "failed", "skipped", "cancelled"]
+#: How a job ended (`job.finished`'s `status`, `JobResult.status`).
+JobStatus = Literal["succeeded", "failed", "cancelled"]
+
+PENDING: Final = "pending"
+RUNNING: Final = "running"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+SKIPPED: Final = "skipped"
+CANCELLED: Final = "cancelled"
 
 
 @attrs.define
 class StepState:
-    status: str = PENDING
+    status: StepStatus = PENDING
     attempts: int = 0
     output_sha256: str | None = None
     started: str | None = None
@@ -203,7 +212,7 @@ class JobState:
         return counts
 
 
-def _ended(status: str) -> str:
+def _ended(status: StepStatus) -> StepStatus:
     # A step still running when its job ends was cut short.
     return CANCELLED if status == RUNNING else status
 

@@ -29,7 +29,7 @@ from .event_writer import EventEmitter, EventWriter
 from .events import Event
 from .filestore import DirtyDirs
 from .job_options import JobOptions
-from .job_state import CANCELLED, FAILED, SUCCEEDED, JobState
+from .job_state import CANCELLED, FAILED, SUCCEEDED, JobState, JobStatus
 from .pipeline import Pipeline, Step
 from .provider_lane import ProviderLane
 from .run_dir import CACHE, RunDir
@@ -51,7 +51,7 @@ class JobResult:
     """How a job ended: `status` is `succeeded`, `failed` or `cancelled`."""
 
     job_id: str
-    status: str
+    status: JobStatus
     outputs: Mapping[str, str]
     files: Mapping[str, str]
     run_dir: Path
@@ -114,7 +114,7 @@ class Supervisor:
         """
         task_status.started()
         started = time.monotonic()
-        status = CANCELLED
+        status: JobStatus = CANCELLED
         async with trio.open_nursery() as system_nursery:
             await system_nursery.start(self.writer.run, self._event_receive)
             try:
@@ -232,7 +232,7 @@ class Supervisor:
         if self.options.fail_fast:
             self._steps_scope.cancel()
 
-    async def _finish(self, status: str, duration_s: float) -> None:
+    async def _finish(self, status: JobStatus, duration_s: float) -> None:
         for lane in self._lanes.values():
             # A client that fails to close must not keep the job from recording its end.
             with contextlib.suppress(Exception):
