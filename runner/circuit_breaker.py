@@ -15,9 +15,8 @@ neutral.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from types import TracebackType
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 import trio
@@ -97,14 +96,21 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self._opened_at + self.cooldown_s - trio.current_time())
 
-    def attempt(self) -> AbstractAsyncContextManager[None]:
+    @contextlib.asynccontextmanager
+    async def attempt(self) -> AsyncIterator[None]:
         """Run one attempt under the breaker; see the class docstring.
 
         Leaving without an exception is a success; a `ProviderError` whose
         `breaker_failure` is true is a failure; anything else (a 429, a
         permanent error, cancellation, a bug) is neutral.
         """
-        return _Attempt(self)
+        epoch, probe = await self._enter()
+        try:
+            yield
+        except BaseException as exc:
+            await self._exit(epoch, probe, exc)
+            raise
+        await self._exit(epoch, probe, None)
 
     async def _enter(self) -> tuple[int, bool]:
         # A loop, because every await below lets other callers change the state.
@@ -160,22 +166,3 @@ class CircuitBreaker:
             self._failures = 0
         if self._on_transition is not None:
             await self._on_transition("opened" if state == "open" else state, self._failures)
-
-
-class _Attempt(AbstractAsyncContextManager[None]):
-    # A plain class, not @asynccontextmanager: every LLM call enters one.
-    __slots__ = ("_breaker", "_epoch", "_probe")
-
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self._breaker = breaker
-
-    async def __aenter__(self) -> None:
-        self._epoch, self._probe = await self._breaker._enter()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self._breaker._exit(self._epoch, self._probe, exc)
