@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 from helpers import events, of_type
 
+import runner
 from runner import Pipeline, PipelineError, Settings, Step, StepContext, run_dag
-from runner.step import Handoff, UpstreamOutputs
+from runner.event_writer import EventEmitter
+from runner.provider_lane import ProviderLane
+from runner.run_dir import RunDir
+from runner.step import Handoff, StepServices, UpstreamOutputs, run_step
 from runner.testing import open_fake_llm_server
 
 STEP_JOB = ("step", "job")
@@ -138,3 +143,86 @@ def test_upstream_outputs_is_a_mapping_that_misses_unknown_steps() -> None:
     assert (2, "1", True, False) == (len(outputs), outputs["a"], "b" in outputs, "z" in outputs)
     with pytest.raises(KeyError):
         outputs["z"]
+
+
+# -- the step path, driven directly ------------------------------------------------
+
+
+def _services(tmp_path: Path, **changes: object) -> tuple[StepServices, object]:
+    """Services for one step, with its events caught in a channel (no writer, no job)."""
+    send_channel, receive_channel = trio.open_memory_channel[runner.Event](100)
+    emitter = EventEmitter("j", send_channel)
+    run_dir = RunDir.of(tmp_path, "j")
+    (run_dir.path / "outputs").mkdir(parents=True)
+    settings = Settings(fsync="never")
+    lane = ProviderLane.open("fake", settings=settings, config={}, emitter=emitter)
+    fields: dict[str, object] = {
+        "job_id": "j",
+        "inputs": {"topic": "trio"},
+        "run_dir": run_dir,
+        "emitter": emitter,
+        "lanes": {"fake": lane},
+        "cache": None,
+        "settings": settings,
+        "pipeline_version": "1",
+    }
+    fields.update(changes)
+    return StepServices(**fields), receive_channel  # type: ignore[arg-type]
+
+
+async def _run_one(services: StepServices, step: Step, *received: Handoff) -> Handoff:
+    send_channel, inbox = trio.open_memory_channel[Handoff](max(1, len(received)))
+    for handoff in received:
+        send_channel.send_nowait(handoff)
+    send_channel.close()
+    dependent_send, dependent_inbox = trio.open_memory_channel[Handoff](1)
+    handoff = await run_step(services, step, inbox, [dependent_send])
+    assert [handoff] == [h async for h in dependent_inbox]  # handed on, then closed
+    return handoff
+
+
+def _drain(receive_channel: object) -> list[tuple[str, str | None]]:
+    out = []
+    while True:
+        try:
+            event = receive_channel.receive_nowait()  # type: ignore[attr-defined]
+        except trio.WouldBlock:
+            return out
+        out.append((event["type"], event.get("step")))
+
+
+ECHO = dict(provider="fake", model="echo")
+
+
+async def test_a_step_renders_calls_writes_its_output_then_succeeds(tmp_path: Path) -> None:
+    services, caught = _services(tmp_path)
+    up = Handoff("a", ok=True, output="A")
+    step = Step("b", prompt="{{ inputs.topic }} {{ steps.a.output }}", needs=["a"], **ECHO)
+    handoff = await _run_one(services, step, up)
+    assert Handoff("b", ok=True, output="trio A", upstream=(up,)) == handoff
+    assert "trio A" == services.run_dir.output_path("b").read_text()
+    assert [
+        ("step.started", "b"),
+        ("llm.request", "b"),
+        ("llm.response", "b"),
+        ("step.succeeded", "b"),
+    ] == _drain(caught)
+
+
+async def test_a_failed_upstream_skips_the_step_without_starting_it(tmp_path: Path) -> None:
+    services, caught = _services(tmp_path)
+    step = Step("c", prompt="x", needs=["a", "b"], **ECHO)
+    handoff = await _run_one(
+        services, step, Handoff("a", ok=False), Handoff("b", ok=True, output="B")
+    )
+    assert Handoff("c", ok=False) == handoff
+    assert [("step.skipped", "c")] == _drain(caught)
+    assert not services.run_dir.output_path("c").exists()
+
+
+async def test_a_resumed_step_hands_on_its_stored_output(tmp_path: Path) -> None:
+    services, caught = _services(tmp_path, resumed=frozenset({"b"}))
+    services.run_dir.output_path("b").write_text("stored")
+    handoff = await _run_one(services, Step("b", prompt="x", **ECHO))
+    assert ("stored", True) == (handoff.output, handoff.ok)
+    assert [("step.skipped", "b")] == _drain(caught)
