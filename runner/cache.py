@@ -9,13 +9,12 @@ shared `--cache-dir` serves every job that asks the same question.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from ._json import sorted_json
+from ._json import loads, sorted_json
 from .filestore import FsyncPolicy, safe_write
 from .providers.base import LLMRequest, LLMResponse
 
@@ -88,7 +87,7 @@ class Cache:
         except OSError as exc:
             raise CorruptCacheEntry(f"unreadable: {exc.strerror}") from None
         try:
-            record = json.loads(raw)
+            record = loads(raw)
             if record.get("format") != _ENTRY_FORMAT or record.get("key") != key:
                 raise ValueError("wrong format or key")
             fields: dict[str, Any] = record["response"]

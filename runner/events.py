@@ -9,7 +9,6 @@ says what an event is and reads logs back: `read_events()` streams a finished lo
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import time
 import warnings
@@ -17,8 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NotRequired, TypedDict, TypeGuard
 
-import orjson
-
+from ._json import dumps, loads
 from .errors import RunnerError
 
 __all__ = [
@@ -55,27 +53,6 @@ EVENT_TYPES: Mapping[str, Level] = {
     "cache.error": "WARN",
     "file.written": "INFO",
 }
-
-
-# orjson writes the same compact UTF-8 JSON as json's encoder, ~5x faster. It refuses
-# a str holding a lone surrogate; the stdlib then escapes it (ASCII, still valid JSON).
-_FALLBACK = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
-
-
-def encode_record(record: Mapping[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(record)
-    except TypeError:
-        return _FALLBACK.encode(record).encode()
-
-
-def decode_record(line: bytes) -> Any:
-    """One JSON document (a log line); raises `ValueError` when it is not one."""
-    try:
-        return orjson.loads(line)
-    except ValueError:
-        # orjson also refuses an escaped lone surrogate, which json reads (and we write).
-        return json.loads(line)
 
 
 class TornLineWarning(UserWarning):
@@ -174,7 +151,7 @@ def matches_type(event: Event, pattern: str) -> bool:
 
 def event_line(event: Event) -> bytes:
     """The event as written to the log: compact JSON and a newline."""
-    return encode_record(event) + b"\n"
+    return dumps(event) + b"\n"
 
 
 def _is_level(level: str) -> TypeGuard[Level]:
@@ -184,7 +161,7 @@ def _is_level(level: str) -> TypeGuard[Level]:
 def parse_line(line: bytes) -> Event | None:
     """Parse one complete log line; None (with a warning) when it is not a valid event."""
     try:
-        return as_event(decode_record(line))
+        return as_event(loads(line))
     except (ValueError, KeyError, TypeError):
         warnings.warn(
             f"skipped an unreadable events line: {line[:80]!r}", TornLineWarning, stacklevel=3

@@ -16,8 +16,8 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from ._json import sorted_json
-from .events import Event, complete_lines, decode_record, parse_line
+from ._json import loads, sorted_json
+from .events import Event, complete_lines, parse_line
 
 __all__ = [
     "MANIFEST_FORMAT_VERSION",
@@ -247,7 +247,7 @@ def fold_log(
             # The fast path decodes the writer's own lines; anything else (blank, padded,
             # unreadable) goes through `parse_line`, which also warns about a bad line.
             try:
-                record = decode_record(line)
+                record = loads(line)
                 # The writer's lines have these four keys. One without them (a pre-2.0 line
                 # has no ts or level) goes through `parse_line`, which fills them in.
                 kind, ts, job_id, _ = (

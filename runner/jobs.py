@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import secrets
@@ -15,6 +14,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._json import loads
 from .config import Settings
 from .errors import JobError, PipelineError
 from .events import Event
@@ -219,7 +219,7 @@ def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def _stored_pipeline(path: Path) -> Pipeline:
     try:
-        return pipeline_from_dict(json.loads(path.read_bytes()), source=str(path))
+        return pipeline_from_dict(loads(path.read_bytes()), source=str(path))
     except (OSError, ValueError) as exc:
         if isinstance(exc, PipelineError):
             raise
