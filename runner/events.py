@@ -49,7 +49,7 @@ EVENT_TYPES: Mapping[str, Level] = {
     "breaker.closed": "INFO",
     "cache.hit": "INFO",
     "cache.miss": "INFO",
-    # Not in DESIGN.md's table: the response came back but could not be stored.
+    # The response came back but could not be stored; the step still succeeds.
     "cache.error": "WARN",
     "file.written": "INFO",
 }

@@ -32,7 +32,7 @@ from .fences import parse_file_blocks
 from .filestore import DirtyDirs, WriteResult
 from .pipeline import Step
 from .provider_lane import ProviderLane
-from .providers.base import LLMRequest
+from .providers.base import LLMRequest, LLMResponse
 from .run_dir import RunDir
 from .templates import render
 
@@ -240,10 +240,15 @@ async def _work(
             if not isinstance(output, str):
                 raise TypeError(f"step function returned {type(output).__name__}, expected str")
             return output, 0, False
-        output, attempts, cached = await _call_llm(services, step, outputs)
+        answer = await _call_llm(services, step, outputs)
+        attempts = answer.attempts
         if step.files:
-            await _write_file_blocks(services, step.name, output)
-        return output, attempts, cached
+            await _write_file_blocks(services, step.name, answer.response.text)
+        if answer.key is not None and not answer.cached:
+            # Kept once the answer has proved usable: an answer whose files were refused
+            # is asked for again on the next run, not replayed from the cache.
+            await _keep(services, step.name, answer.key, answer.response)
+        return answer.response.text, attempts, answer.cached
     except ProviderError as exc:
         raise _StepFailed(type(exc).__name__, str(exc), exc.attempts or attempts) from None
     except RunnerError as exc:
@@ -253,9 +258,16 @@ async def _work(
         raise _StepFailed(type(exc).__name__, str(exc) or type(exc).__name__, attempts) from None
 
 
-async def _call_llm(
-    services: StepServices, step: Step, outputs: Mapping[str, str]
-) -> tuple[str, int, bool]:
+@attrs.frozen
+class _Answer:
+    response: LLMResponse
+    attempts: int
+    cached: bool
+    key: str | None  # the cache key, when the cache is on
+
+
+async def _call_llm(services: StepServices, step: Step, outputs: Mapping[str, str]) -> _Answer:
+    """Render the request, then answer it from the cache or the provider lane."""
     assert step.prompt is not None
     assert step.provider is not None
     assert step.model is not None
@@ -275,35 +287,38 @@ async def _call_llm(
         timeout_s=step.timeout_s or services.settings.provider_timeout_s,
     )
     cache, emitter = services.cache, services.emitter
-    if cache is None:
-        response, attempts = await lane.call(request, step=step.name, retries=step.retries)
-        return response.text, attempts, False
-    key = compute_cache_key(
-        provider=lane.name,
-        base_url=lane.base_url,
-        step=step.name,
-        request=request,
-        pipeline_version=services.pipeline_version,
-        runner_version=__version__,
-    )
-    try:
-        hit = cache.get(key)
-    except CorruptCacheEntry as exc:
-        await emitter.cache_miss(step.name, key, reason=str(exc))
-    else:
-        if hit is not None:
-            await emitter.cache_hit(step.name, key)
-            return hit.text, 0, True
-        await emitter.cache_miss(step.name, key)
+    key = None
+    if cache is not None:
+        key = compute_cache_key(
+            provider=lane.name,
+            base_url=lane.base_url,
+            step=step.name,
+            request=request,
+            pipeline_version=services.pipeline_version,
+            runner_version=__version__,
+        )
+        try:
+            hit = cache.get(key)
+        except CorruptCacheEntry as exc:
+            await emitter.cache_miss(step.name, key, reason=str(exc))
+        else:
+            if hit is not None:
+                await emitter.cache_hit(step.name, key)
+                return _Answer(hit, attempts=0, cached=True, key=key)
+            await emitter.cache_miss(step.name, key)
     response, attempts = await lane.call(request, step=step.name, retries=step.retries)
+    return _Answer(response, attempts=attempts, cached=False, key=key)
+
+
+async def _keep(services: StepServices, step: str, key: str, response: LLMResponse) -> None:
+    assert services.cache is not None
     try:
-        await cache.put(key, response)
+        await services.cache.put(key, response)
     except PathEscapeError:
         raise  # a symlink in the job's `.cache/`: refused like any write that would escape
     except RunnerError as exc:
         # The answer is good; only keeping a copy failed.
-        await emitter.cache_error(step.name, key, reason=str(exc))
-    return response.text, attempts, False
+        await services.emitter.cache_error(step, key, reason=str(exc))
 
 
 async def _write_file_blocks(services: StepServices, step: str, output: str) -> None:

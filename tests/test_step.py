@@ -226,3 +226,23 @@ async def test_a_resumed_step_hands_on_its_stored_output(tmp_path: Path) -> None
     handoff = await _run_one(services, Step("b", prompt="x", **ECHO))
     assert ("stored", True) == (handoff.output, handoff.ok)
     assert [("step.skipped", "b")] == _drain(caught)
+
+
+async def test_an_answer_whose_files_are_refused_is_not_kept_in_the_cache(runs_dir: Path) -> None:
+    reply = "```python path=../../evil.py\nprint('x')\n```\n"
+    pipeline = Pipeline(
+        name="p",
+        steps=[Step("b", prompt="build", files=True)],
+        defaults={"provider": "fake", "model": "echo"},
+        providers={"fake": {"replies": {"b": reply}}},
+    )
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=Settings(fsync="never"))
+    assert "failed" == result.status
+    assert [] == [p for p in (result.run_dir / ".cache").rglob("*") if p.is_file()]
+    # So a resume asks the model again instead of replaying the refused answer.
+    again = await run_dag(
+        pipeline, runs_dir=runs_dir, job_id=result.job_id, resume=True, settings=Settings()
+    )
+    assert ["cache.miss", "llm.request"] == [
+        e["type"] for e in events(again.run_dir)[-6:] if e["type"] in ("cache.miss", "llm.request")
+    ]

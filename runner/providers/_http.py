@@ -4,7 +4,7 @@ A provider subclasses `HTTPProvider` and describes its wire format (URL,
 headers, body, how to read a reply or a stream line); this module does the
 rest: the `httpx.AsyncClient`, a response closed however the call ends,
 `Retry-After`, SSE / NDJSON lines, and failures translated into the
-`ProviderError` tree by the official SDKs' rules (PROVIDERS.md):
+`ProviderError` tree by the official SDKs' rules:
 
 ==========================================  =====================================
 what came back                              raised
