@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 import subprocess
 import sys
 import types
@@ -17,11 +18,13 @@ from runner.testing import (
     Fail,
     Hang,
     Malformed,
+    ModelRules,
     Reply,
     Stall,
     StreamError,
     fail_times,
     open_fake_llm_server,
+    open_fake_llm_server_in_thread,
 )
 
 SHORT = httpx.Timeout(0.2)
@@ -88,20 +91,49 @@ async def test_base_urls_follow_each_sdk_convention(server):
 # -- normal replies -----------------------------------------------------------------
 
 
-async def test_openai_reply(client):
+async def test_openai_reply_has_every_required_field(client):
     response = await post(client, "openai")
 
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "req_fake1"
     body = response.json()
-    assert body["object"] == "chat.completion"
-    assert body["model"] == "openai-test"
-    assert body["choices"][0]["message"] == {
-        "role": "assistant",
-        "content": "echo: say hello to the world",
+    assert isinstance(body.pop("created"), int)
+    assert body == {
+        "id": "chatcmpl-fake1",
+        "object": "chat.completion",
+        "model": "openai-test",
+        "service_tier": "default",
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "echo: say hello to the world",
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 7,
+            "completion_tokens": 6,
+            "total_tokens": 13,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
     }
-    assert body["choices"][0]["finish_reason"] == "stop"
-    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 6, "total_tokens": 13}
+
+
+def counts(usage):
+    return {key: usage[key] for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
 async def test_openai_stream_with_usage(client):
@@ -113,20 +145,24 @@ async def test_openai_stream_with_usage(client):
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
-    pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
+    assert {chunk["id"] for chunk in chunks} == {"chatcmpl-fake1"}
+    assert all(chunk["system_fingerprint"] is None for chunk in chunks)
+    # `usage` is null on every chunk but the last, whose choices are empty.
+    assert [chunk["usage"] is None for chunk in chunks] == [True] * (len(chunks) - 1) + [False]
+    assert chunks[-1]["choices"] == []
+    assert counts(chunks[-1]["usage"]) == {
+        "prompt_tokens": 7,
+        "completion_tokens": 6,
+        "total_tokens": 13,
+    }
+    choices = [chunk["choices"][0] for chunk in chunks[:-1]]
+    assert all((c["index"], c["logprobs"]) == (0, None) for c in choices)
+    assert choices[0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    pieces = [c["delta"].get("content", "") for c in choices]
     assert len(pieces) > 3
     assert "".join(pieces) == "echo: say hello to the world"
-    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
-    assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 6, "total_tokens": 13}
-
-
-async def test_openai_stream_without_include_usage_sends_no_usage(client):
-    response = await post(client, "openai", stream=True)
-
-    events = [data for _, data in parse_sse(response.text)]
-    assert events[-1] == "[DONE]"
-    assert all("usage" not in chunk and chunk["choices"] for chunk in events[:-1])
+    assert [c["finish_reason"] for c in choices] == [None] * (len(choices) - 1) + ["stop"]
+    assert choices[-1]["delta"] == {}
 
 
 async def test_anthropic_reply(client):
@@ -244,7 +280,11 @@ async def test_scripted_reply_overrides_text_counts_and_finish(server, client):
 
     assert body["choices"][0]["message"]["content"] == "scripted"
     assert body["choices"][0]["finish_reason"] == "content_filter"
-    assert body["usage"] == {"prompt_tokens": 50, "completion_tokens": 9, "total_tokens": 59}
+    assert counts(body["usage"]) == {
+        "prompt_tokens": 50,
+        "completion_tokens": 9,
+        "total_tokens": 59,
+    }
 
 
 async def test_anthropic_stop_sequence_names_the_sequence(server, client):
@@ -311,7 +351,7 @@ async def test_invalid_bodies_get_400_in_the_protocol_shape(client):
     assert anthropic.status_code == 400
     assert anthropic.json()["error"] == {
         "type": "invalid_request_error",
-        "message": "max_tokens: field required",
+        "message": "max_tokens: Field required",
     }
     assert ollama.status_code == 400
     assert ollama.json() == {"error": "request body must be a JSON object"}
@@ -560,7 +600,8 @@ def text_of_stream(protocol, text):
         return "".join(line["message"]["content"] for line in parse_ndjson(text))
     events = [data for _, data in parse_sse(text)]
     if protocol == "openai":
-        return "".join(e["choices"][0]["delta"]["content"] for e in events)
+        choices = [e["choices"][0] for e in events if e != "[DONE]" and e["choices"]]
+        return "".join(choice["delta"].get("content", "") for choice in choices)
     return "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
 
 
@@ -621,6 +662,444 @@ async def test_stream_error_without_stream_is_an_error_response(server, client, 
     response = await post(client, protocol)
 
     assert response.status_code == status
+
+
+async def test_stream_error_code_and_default_types(server, client):
+    server.script(StreamError(message="slow down", code="rate_limit_exceeded"), StreamError())
+
+    openai = [data for _, data in parse_sse((await post(client, "openai", stream=True)).text)]
+    anthropic = parse_sse((await post(client, "anthropic", stream=True)).text)
+
+    assert openai[-1] == {
+        "error": {
+            "message": "slow down",
+            "type": "server_error",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
+    }
+    assert anthropic[-1][1]["error"]["type"] == "overloaded_error"
+
+
+# -- answer shapes and pacing -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic", "ollama"])
+async def test_reply_mode_json_answers_a_stream_request_with_one_body(server, client, protocol):
+    server.script(Reply("plain answer", mode="json"))
+    extra = {"stream_options": {"include_usage": True}} if protocol == "openai" else {}
+
+    response = await post(client, protocol, stream=True, **extra)
+
+    assert response.headers["content-type"].startswith("application/json")
+    assert "plain answer" == {
+        "openai": lambda body: body["choices"][0]["message"]["content"],
+        "anthropic": lambda body: body["content"][0]["text"],
+        "ollama": lambda body: body["message"]["content"],
+    }[protocol](response.json())
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic", "ollama"])
+async def test_reply_mode_stream_answers_a_plain_request_with_a_stream(server, client, protocol):
+    server.script(Reply("streamed anyway", mode="stream"))
+
+    response = await post(client, protocol, stream=False)
+
+    assert response.headers["content-type"] in ("text/event-stream", "application/x-ndjson")
+    assert "streamed anyway" == text_of_stream(protocol, response.text)
+
+
+async def test_fail_200_sends_an_error_body_with_a_200(server, client):
+    server.script(
+        Fail(200, "Overloaded", error_type="overloaded_error"),
+        Fail(200, "quota", code="insufficient_quota"),
+    )
+
+    anthropic = await post(client, "anthropic")
+    openai = await post(client, "openai")
+
+    assert (anthropic.status_code, anthropic.json()["error"]) == (
+        200,
+        {"type": "overloaded_error", "message": "Overloaded"},
+    )
+    assert (openai.status_code, openai.json()["error"]["message"]) == (200, "quota")
+    assert openai.json()["error"]["code"] == "insufficient_quota"
+
+
+async def test_chunk_delay_paces_the_stream(server):
+    server.script(
+        Reply("one two three", chunk_delay_s=0.5), Reply("one two three", chunk_delay_s=0.02)
+    )
+    slow, fast = [], []
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=SHORT) as client:
+        # Half a second between pieces: a 0.2 s read timeout fires after the first one.
+        with pytest.raises(httpx.ReadTimeout):
+            await read_stream(client, "ollama", slow)
+        await read_stream(client, "ollama", fast)
+
+    assert "one " == text_of_stream("ollama", "\n".join(slow) + "\n")
+    assert "one two three" == text_of_stream("ollama", "\n".join(fast) + "\n")
+    assert 4 == len(fast)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_stall_that_resumes_sends_the_rest_later(server, stream):
+    server.script(*[Stall(after_chunks=2, resume_after_s=0.5)] * 2)
+    stalled, resumed = [], []
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=SHORT) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await read_stream(client, "ollama", stalled, stream=stream)
+        client.timeout = httpx.Timeout(2)
+        await read_stream(client, "ollama", resumed, stream=stream)
+
+    # Without a stream, the silence comes after the headers and the body follows it.
+    before_silence = "echo: say " if stream else ""
+    assert before_silence == text_of_stream("ollama", "".join(f"{line}\n" for line in stalled))
+    assert "echo: say hello to the world" == text_of_stream("ollama", "\n".join(resumed) + "\n")
+
+
+# -- strictness: what the real APIs refuse ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("protocol", "body", "headers", "error"),
+    [
+        (
+            "anthropic",
+            {"seed": 3},
+            {},
+            {"type": "invalid_request_error", "message": "seed: Extra inputs are not permitted"},
+        ),
+        (
+            "anthropic",
+            {"temperature": 0.5},
+            {"anthropic-version": "2026-10-21"},
+            {
+                "type": "invalid_request_error",
+                "message": "temperature: Extra inputs are not permitted",
+            },
+        ),
+        (
+            "anthropic",
+            {"top_k": 5},
+            {"anthropic-version": "2026-10-21"},
+            {"type": "invalid_request_error", "message": "top_k: Extra inputs are not permitted"},
+        ),
+        (
+            "anthropic",
+            {"max_tokens": None},
+            {},
+            {"type": "invalid_request_error", "message": "max_tokens: Field required"},
+        ),
+        (
+            "anthropic",
+            {"max_tokens": "100"},
+            {},
+            {
+                "type": "invalid_request_error",
+                "message": "max_tokens: Input should be a valid integer",
+            },
+        ),
+        (
+            "anthropic",
+            {},
+            {"anthropic-version": "2024-01-01"},
+            {
+                "type": "invalid_request_error",
+                "message": 'anthropic-version: "2024-01-01" is not a valid version',
+            },
+        ),
+        (
+            "openai",
+            {"stream_options": {"include_usage": True}},
+            {},
+            {
+                "message": "The 'stream_options' parameter is only allowed when 'stream'"
+                " is enabled.",
+                "type": "invalid_request_error",
+                "param": "stream_options",
+                "code": None,
+            },
+        ),
+        (
+            "openai",
+            {"messages": None},
+            {},
+            {
+                "message": "Missing required parameter: 'messages'.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "missing_required_parameter",
+            },
+        ),
+        (
+            "openai",
+            {"model": None},
+            {},
+            {
+                "message": "you must provide a model parameter",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            },
+        ),
+        ("ollama", {"model": None}, {}, "model is required"),
+    ],
+)
+async def test_bodies_the_real_apis_refuse(client, protocol, body, headers, error):
+    request_body = chat_body(protocol, **body)
+    request_body = {key: value for key, value in request_body.items() if value is not None}
+
+    response = await client.post(PATHS[protocol], json=request_body, headers=headers)
+
+    assert response.status_code == 400
+    assert error == response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("version", "status"), [("2023-06-01", 200), ("2023-01-01", 200), ("2026-10-21", 400)]
+)
+async def test_anthropic_sampling_fields_exist_until_2026_10_21(client, version, status):
+    body = chat_body("anthropic", temperature=0.2, top_p=0.9, top_k=40)
+
+    response = await client.post(
+        PATHS["anthropic"], json=body, headers={"anthropic-version": version}
+    )
+
+    assert status == response.status_code
+
+
+async def test_anthropic_accepts_every_documented_field(client):
+    extra = {
+        "system": [{"type": "text", "text": "be brief"}],
+        "stop_sequences": ["END"],
+        "stream": False,
+        "metadata": {"user_id": "u1"},
+        "tools": [],
+        "tool_choice": {"type": "auto"},
+        "thinking": {"type": "disabled"},
+        "service_tier": "auto",
+        "output_config": {},
+        "cache_control": {"type": "ephemeral"},
+    }
+
+    response = await post(client, "anthropic", **extra)
+
+    assert 200 == response.status_code
+
+
+KEY = "sk-fake-key-0123456789"
+ANTHROPIC_VERSION = {"anthropic-version": "2023-06-01"}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "headers", "status", "error"),
+    [
+        ("openai", {"Authorization": f"Bearer {KEY}"}, 200, None),
+        ("openai", {"Authorization": "Bearer sk-wrong-key-9876543210"}, 401, "invalid_api_key"),
+        ("openai", {}, 401, None),
+        ("openai", {"Authorization": KEY}, 401, None),
+        ("anthropic", {"x-api-key": KEY, **ANTHROPIC_VERSION}, 200, None),
+        ("anthropic", {"Authorization": f"Bearer {KEY}", **ANTHROPIC_VERSION}, 200, None),
+        ("anthropic", {"x-api-key": "wrong", **ANTHROPIC_VERSION}, 401, "invalid x-api-key"),
+        (
+            "anthropic",
+            {"Authorization": "Bearer wrong", **ANTHROPIC_VERSION},
+            401,
+            "Invalid bearer token",
+        ),
+        # With both headers, the API goes by x-api-key.
+        (
+            "anthropic",
+            {"x-api-key": "wrong", "Authorization": f"Bearer {KEY}", **ANTHROPIC_VERSION},
+            401,
+            "invalid x-api-key",
+        ),
+        ("anthropic", ANTHROPIC_VERSION, 401, "x-api-key header is required"),
+        ("anthropic", {"x-api-key": KEY}, 400, "anthropic-version: header is required"),
+        ("ollama", {}, 200, None),
+    ],
+)
+async def test_api_key(protocol, headers, status, error):
+    async with open_fake_llm_server(api_key=KEY) as server:
+        server.script(Fail(503))
+        async with httpx.AsyncClient(base_url=server.url, timeout=SHORT) as client:
+            response = await post_with(client, protocol, headers)
+            after = await post_with(client, protocol, GOOD_HEADERS[protocol])
+
+    if status == 200:
+        # Accepted: the request took the scripted action.
+        assert (503, 200) == (response.status_code, after.status_code)
+        return
+    # Refused: the request took no scripted action, so the next one gets it.
+    assert (status, 503) == (response.status_code, after.status_code)
+    body = response.json()["error"]
+    if protocol == "anthropic":
+        expected_type = {401: "authentication_error", 400: "invalid_request_error"}[status]
+        assert (expected_type, error) == (body["type"], body["message"])
+    else:
+        assert ("invalid_request_error", error) == (body["type"], body["code"])
+
+
+GOOD_HEADERS = {
+    "openai": {"Authorization": f"Bearer {KEY}"},
+    "anthropic": {"x-api-key": KEY, **ANTHROPIC_VERSION},
+    "ollama": {},
+}
+
+
+async def post_with(client, protocol, headers, **extra):
+    return await client.post(PATHS[protocol], json=chat_body(protocol, **extra), headers=headers)
+
+
+async def test_openai_key_messages():
+    async with open_fake_llm_server(api_key=KEY) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=SHORT) as client:
+            wrong = await post_with(
+                client, "openai", {"Authorization": "Bearer sk-wrong-key-98765"}
+            )
+            missing = await post_with(client, "openai", {})
+
+    assert wrong.json()["error"]["message"] == (
+        "Incorrect API key provided: sk-wr*********8765. You can find your API key at"
+        " https://platform.openai.com/account/api-keys."
+    )
+    assert re.match(r"^You didn't provide an API key\. ", missing.json()["error"]["message"])
+
+
+async def test_a_refused_request_takes_no_scripted_action(server, client):
+    server.script(Fail(503), Reply("second"))
+
+    refused = await post(client, "anthropic", seed=1)
+    first = await post(client, "anthropic")
+    second = await post(client, "anthropic")
+
+    assert [400, 503, 200] == [r.status_code for r in (refused, first, second)]
+    assert "second" == second.json()["content"][0]["text"]
+    assert 3 == len(server.requests)
+    assert {"seed": 1} == {k: v for k, v in server.requests[0].body.items() if k == "seed"}
+
+
+MODELS = {
+    "reasoner": ModelRules(rejects=("max_tokens", "temperature")),
+    "claude-new": ModelRules(rejects=("temperature", "top_p")),
+    "picky": ModelRules(rejects="logit_bias"),
+}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "extra", "error"),
+    [
+        (
+            "openai",
+            {"max_tokens": 10},
+            {
+                "message": "Unsupported parameter: 'max_tokens' is not supported with this model."
+                " Use 'max_completion_tokens' instead.",
+                "type": "invalid_request_error",
+                "param": "max_tokens",
+                "code": "unsupported_parameter",
+            },
+        ),
+        (
+            "openai",
+            {"temperature": 0.0},
+            {
+                "message": "Unsupported value: 'temperature' does not support 0 with this model."
+                " Only the default (1) value is supported.",
+                "type": "invalid_request_error",
+                "param": "temperature",
+                "code": "unsupported_value",
+            },
+        ),
+        (
+            "openai",
+            {"temperature": 0.2},
+            {
+                "message": "Unsupported value: 'temperature' does not support 0.2 with this"
+                " model. Only the default (1) value is supported.",
+                "type": "invalid_request_error",
+                "param": "temperature",
+                "code": "unsupported_value",
+            },
+        ),
+        ("openai", {"temperature": 1}, None),
+        ("openai", {"max_completion_tokens": 10}, None),
+        (
+            "anthropic",
+            {"temperature": 0.0},
+            {
+                "type": "invalid_request_error",
+                "message": "`temperature` is deprecated for this model.",
+            },
+        ),
+        ("anthropic", {"temperature": 1.0}, None),
+        (
+            "anthropic",
+            {"top_p": 1},
+            {"type": "invalid_request_error", "message": "`top_p` is deprecated for this model."},
+        ),
+        ("ollama", {"temperature": 0, "max_tokens": 3}, None),
+    ],
+)
+async def test_model_rules(protocol, extra, error):
+    model = {"openai": "reasoner", "anthropic": "claude-new", "ollama": "reasoner"}[protocol]
+    async with open_fake_llm_server(models=MODELS) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=SHORT) as client:
+            response = await post(client, protocol, model=model, **extra)
+
+    assert (400 if error else 200) == response.status_code
+    if error:
+        assert error == response.json()["error"]
+
+
+async def test_model_rules_take_one_name_and_leave_other_models_alone():
+    async with open_fake_llm_server(models=MODELS) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=SHORT) as client:
+            picky = await post(client, "openai", model="picky", logit_bias={"1": 2})
+            other = await post(client, "openai", model="gpt-test", max_tokens=5, logit_bias={})
+
+    assert ("logit_bias",) == MODELS["picky"].rejects
+    assert (400, "Unsupported parameter: 'logit_bias' is not supported with this model.") == (
+        picky.status_code,
+        picky.json()["error"]["message"],
+    )
+    assert 200 == other.status_code
+
+
+# -- a server for tests that are not on trio ----------------------------------------------
+
+
+def test_in_thread_serves_a_synchronous_client():
+    with open_fake_llm_server_in_thread(reply="from the thread", api_key=KEY) as server:
+        server.script(Fail(503))
+        headers = {"Authorization": f"Bearer {KEY}"}
+        with httpx.Client(base_url=server.url, timeout=2, headers=headers) as client:
+            body = chat_body("openai")
+            statuses = [client.post(PATHS["openai"], json=body).status_code for _ in range(2)]
+            answer = client.post(PATHS["openai"], json=body).json()
+
+    assert [503, 200] == statuses
+    assert "from the thread" == answer["choices"][0]["message"]["content"]
+    assert 3 == len(server.requests)
+
+
+def test_in_thread_stops_with_a_request_still_hanging():
+    with open_fake_llm_server_in_thread() as server:
+        server.script(Hang())
+        with httpx.Client(base_url=server.url, timeout=0.2) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                client.post(PATHS["ollama"], json=chat_body("ollama"))
+
+    with pytest.raises(httpx.ConnectError), httpx.Client(timeout=1) as client:
+        client.post(server.url + PATHS["ollama"], json=chat_body("ollama"))
+
+
+def test_in_thread_gives_back_errors_of_the_block():
+    with pytest.raises(KeyError, match=r"^'boom'$"), open_fake_llm_server_in_thread():
+        raise KeyError("boom")
 
 
 # -- connections --------------------------------------------------------------------

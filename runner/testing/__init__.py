@@ -10,6 +10,14 @@ and script what the next requests get: a normal `Reply`, an HTTP error
 `StreamError`). Everything happens over real sockets, so timeouts, retries,
 streaming and `Retry-After` are tested the way they happen in production.
 
+The server is as strict as the real APIs: it refuses what they refuse, with
+their status, error shape and message (an unknown Anthropic field, a missing
+`max_tokens`; with `api_key=`, a missing or wrong key), and its answers carry
+every field the OpenAI reference marks required, nulls included. `models=`
+plays models that refuse some fields (`ModelRules`), such as a reasoning
+model refusing `max_tokens`. The official `openai`, `anthropic` and `ollama`
+Python clients parse every answer it gives.
+
 Example::
 
     import httpx
@@ -26,14 +34,16 @@ Example::
             assert len(server.requests_to("/v1/messages")) == 3
 
 Only POST requests to `/v1/chat/completions`, `/v1/messages` and `/api/chat`
-consume scripted actions; anything else gets a 404 in the guessed protocol's
-error shape. The server is built on trio and h11 and supports keep-alive.
+consume scripted actions, and only those the server does not refuse; anything
+else gets a 404 in the guessed protocol's error shape. The server is built on
+trio and h11 and supports keep-alive; `open_fake_llm_server_in_thread()` runs
+it in a thread for tests that are synchronous or run asyncio.
 
 Import these names from `runner.testing`. They live in `runner.testing.server`
-(the server), `.actions` (what a script holds) and `.requests` (what the
-server records); the other modules are the server's workings: `.http` (h11
-plumbing), `.answers`, `.dialect`, `.openai`, `.anthropic` and `.ollama`
-(what each protocol says).
+(the server), `.actions` (what a script holds), `.rules` (`ModelRules`) and
+`.requests` (what the server records); the other modules are the server's
+workings: `.http` (h11 plumbing), `.strict` (what it refuses), `.answers`,
+`.dialect`, `.openai`, `.anthropic` and `.ollama` (what each protocol says).
 """
 
 from .actions import Action as Action
@@ -46,8 +56,10 @@ from .actions import Stall as Stall
 from .actions import StreamError as StreamError
 from .actions import fail_times as fail_times
 from .requests import RecordedRequest as RecordedRequest
+from .rules import ModelRules as ModelRules
 from .server import FakeLLMServer as FakeLLMServer
 from .server import open_fake_llm_server as open_fake_llm_server
+from .server import open_fake_llm_server_in_thread as open_fake_llm_server_in_thread
 
 __all__ = [
     "Action",
@@ -56,10 +68,12 @@ __all__ = [
     "FakeLLMServer",
     "Hang",
     "Malformed",
+    "ModelRules",
     "RecordedRequest",
     "Reply",
     "Stall",
     "StreamError",
     "fail_times",
     "open_fake_llm_server",
+    "open_fake_llm_server_in_thread",
 ]

@@ -3,7 +3,8 @@
 `reply_answer()`, `error_answer()`, `malformed_answer()` and
 `stream_error_answer()` turn a `RecordedRequest` and an action into an
 `Answer`: a JSON body, an SSE or NDJSON stream, or an error body, with the
-protocol's request-id headers. Sending it is the server's job.
+protocol's request-id headers. Sending it is the server's job. The request
+has passed `runner.testing.strict`'s checks by then.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .dialect import Dialect, json_bytes, make_plan
 from .http import Answer, Chunk, first_pieces, reason
 from .ollama import OllamaDialect
 from .openai import OpenAIDialect
-from .requests import ProtocolName, RecordedRequest, as_dict, problem
+from .requests import ProtocolName, RecordedRequest, as_dict
 
 DIALECTS: dict[ProtocolName, Dialect] = {
     "openai": OpenAIDialect(),
@@ -33,17 +34,16 @@ def reply_answer(
     reply: Reply,
     default_text: Callable[[RecordedRequest], str],
 ) -> Answer:
-    """A normal reply, or the 400 the real service would send; `default_text` only if needed."""
-    rejected = problem(request)
-    if rejected is not None:
-        return error_answer(request, number, Fail(400, rejected))
+    """A normal reply, streamed or not as `reply.mode` or the request says."""
     text = reply.text if reply.text is not None else default_text(request)
     plan = make_plan(request, reply, text, number)
     dialect = DIALECTS[request.protocol]
     headers = dialect.id_headers(number)
-    if request.stream:
+    streamed = request.stream if reply.mode is None else reply.mode == "stream"
+    if streamed:
         headers = {"content-type": dialect.stream_content_type, **headers}
-        return Answer(200, headers, dialect.stream(plan), streamed=True)
+        chunks = dialect.stream(plan)
+        return Answer(200, headers, chunks, streamed=True, chunk_delay_s=reply.chunk_delay_s)
     headers = {"content-type": dialect.json_content_type, **headers}
     return Answer(200, headers, [Chunk(json_bytes(dialect.body(plan)))])
 
@@ -57,11 +57,10 @@ def stream_error_answer(
     """A stream broken by an error event, or an error response when there is no stream."""
     dialect = DIALECTS[request.protocol]
     if not request.stream:
-        fail = Fail(dialect.error_status(error.error_type), error.message, error.error_type)
+        error_type = error.error_type or dialect.stream_error_type
+        fail = Fail(dialect.error_status(error_type), error.message, error_type, error.code)
         return error_answer(request, number, fail)
     answer = reply_answer(request, number, Reply(), default_text)
-    if answer.status != 200:
-        return answer
     error_chunk = Chunk(dialect.stream_error(error))
     chunks = [*first_pieces(answer.chunks, error.after_chunks), error_chunk]
     return attrs.evolve(answer, chunks=chunks)

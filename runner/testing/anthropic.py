@@ -24,6 +24,7 @@ _STATUS_BY_TYPE = {error_type: status for status, error_type in _TYPES.items()}
 
 class AnthropicDialect(Dialect):
     malformed_stream = b'event: content_block_delta\ndata: {"type": "content_block_delta", \n\n'
+    stream_error_type = "overloaded_error"
 
     def id_headers(self, number: int) -> dict[str, str]:
         return {"request-id": f"req_fake{number}"}
@@ -72,7 +73,7 @@ class AnthropicDialect(Dialect):
         return {"type": "error", "error": error, "request_id": f"req_fake{number}"}
 
     def stream_error(self, error: StreamError) -> bytes:
-        body = {"type": error.error_type, "message": error.message}
+        body = {"type": error.error_type or self.stream_error_type, "message": error.message}
         return sse({"type": "error", "error": body}, event="error")
 
     @staticmethod

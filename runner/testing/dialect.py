@@ -69,6 +69,8 @@ class Dialect(abc.ABC):
     stream_content_type = "text/event-stream"
     json_content_type = "application/json"
     malformed_stream = b'data: {"id": "malformed", "choices": [\n\n'
+    # The error type of a `StreamError` that names none.
+    stream_error_type = "server_error"
 
     def id_headers(self, number: int) -> dict[str, str]:
         return {}

@@ -2,7 +2,7 @@
 
 An `Answer` is a status, headers and a body in `Chunk`s. `receive_request()`
 reads the next request off a connection; `send()` writes an answer, whole or
-cut short for the faults that stop half way.
+cut short for the faults that stop half way, and `send_body()` the rest of it.
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ class Chunk:
 
 @attrs.frozen
 class Answer:
-    """A whole response; `streamed` answers go out chunked, the others with a length."""
+    """A whole response; `streamed` answers go out chunked, the others with a length.
+
+    `chunk_delay_s` is the pause before each chunk that follows a piece of text.
+    """
 
     status: int
     headers: dict[str, str]
     chunks: list[Chunk]
     streamed: bool = False
+    chunk_delay_s: float = 0.0
 
     def head(self) -> h11.Response:
         headers = dict(self.headers)
@@ -71,8 +75,25 @@ async def send(
 ) -> None:
     """Send `answer`'s head, then `chunks` (default: all of them), then end the message."""
     await _send_event(stream, conn, answer.head())
-    for chunk in answer.chunks if chunks is None else chunks:
+    chunks = answer.chunks if chunks is None else chunks
+    await send_body(stream, conn, chunks, end=end, chunk_delay_s=answer.chunk_delay_s)
+
+
+async def send_body(
+    stream: trio.SocketStream,
+    conn: h11.Connection,
+    chunks: list[Chunk],
+    *,
+    end: bool = True,
+    chunk_delay_s: float = 0.0,
+) -> None:
+    """Send `chunks` of a response whose head is out, pausing after text; then end it."""
+    after_text = False
+    for chunk in chunks:
+        if after_text and chunk_delay_s > 0:
+            await trio.sleep(chunk_delay_s)
         await _send_event(stream, conn, h11.Data(data=chunk.data))
+        after_text = after_text or chunk.kind == "text"
     if end:
         await _send_event(stream, conn, h11.EndOfMessage())
 
@@ -95,8 +116,22 @@ async def wait_until_client_leaves(stream: trio.SocketStream) -> None:
 
 def first_pieces(chunks: list[Chunk], count: int) -> list[Chunk]:
     """A stream's preamble and its first `count` text pieces."""
-    texts = [chunk for chunk in chunks if chunk.kind == "text"][:count]
-    return [chunk for chunk in chunks if chunk.kind == "head"] + texts
+    return split_stream(chunks, count)[0]
+
+
+def split_stream(chunks: list[Chunk], count: int) -> tuple[list[Chunk], list[Chunk]]:
+    """A stream's preamble and first `count` text pieces, and everything after them."""
+    cut = 0
+    texts = 0
+    for index, chunk in enumerate(chunks):
+        if chunk.kind == "text":
+            if texts == count:
+                break
+            texts += 1
+        elif chunk.kind != "head":
+            break
+        cut = index + 1
+    return chunks[:cut], chunks[cut:]
 
 
 def reason(status: int) -> str:

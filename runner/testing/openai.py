@@ -13,12 +13,24 @@ _CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_excee
 
 
 class OpenAIDialect(Dialect):
+    """Bodies and chunks with every field the API reference marks required, nulls included."""
+
     def id_headers(self, number: int) -> dict[str, str]:
         return {"x-request-id": f"req_fake{number}"}
 
     def body(self, plan: Plan) -> dict[str, Any]:
-        message = {"role": "assistant", "content": plan.text}
-        choice = {"index": 0, "message": message, "finish_reason": self._finish(plan)}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": plan.text,
+            "refusal": None,
+            "annotations": [],
+        }
+        choice = {
+            "index": 0,
+            "message": message,
+            "logprobs": None,
+            "finish_reason": self._finish(plan),
+        }
         body = {**self._envelope(plan, "chat.completion"), "choices": [choice]}
         if not plan.omit_usage:
             body["usage"] = self._usage(plan)
@@ -26,15 +38,19 @@ class OpenAIDialect(Dialect):
 
     def stream(self, plan: Plan) -> list[Chunk]:
         envelope = self._envelope(plan, "chat.completion.chunk")
+        include_usage = bool(as_dict(plan.body.get("stream_options")).get("include_usage"))
+        if include_usage and not plan.omit_usage:
+            # Every chunk has `usage`: null, but the last one, which has the counts.
+            envelope["usage"] = None
 
-        def chunk(delta: dict[str, str], finish_reason: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             return sse({**envelope, "choices": [choice]})
 
-        chunks = [Chunk(chunk({"role": "assistant", "content": ""}), "head")]
+        first = {"role": "assistant", "content": "", "refusal": None}
+        chunks = [Chunk(chunk(first), "head")]
         chunks += [Chunk(chunk({"content": piece}), "text") for piece in plan.pieces]
         chunks.append(Chunk(chunk({}, self._finish(plan))))
-        include_usage = as_dict(plan.body.get("stream_options")).get("include_usage")
         if include_usage and not plan.omit_usage:
             usage_chunk = {**envelope, "choices": [], "usage": self._usage(plan)}
             chunks.append(Chunk(sse(usage_chunk)))
@@ -42,12 +58,17 @@ class OpenAIDialect(Dialect):
         return chunks
 
     def error_body(self, fail: Fail, message: str, number: int) -> dict[str, Any]:
-        code = fail.code if fail.code is not None else _CODES.get(fail.status)
+        # With neither an error type nor a code, both follow from the status.
+        code = fail.code
+        if code is None and fail.error_type is None:
+            code = _CODES.get(fail.status)
         error_type = fail.error_type or self._error_type(fail.status, code)
-        return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+        error = {"message": message, "type": error_type, "param": fail.param, "code": code}
+        return {"error": error}
 
     def stream_error(self, error: StreamError) -> bytes:
-        body = {"message": error.message, "type": error.error_type, "param": None, "code": None}
+        error_type = error.error_type or self.stream_error_type
+        body = {"message": error.message, "type": error_type, "param": None, "code": error.code}
         return sse({"error": body})
 
     @staticmethod
@@ -65,6 +86,8 @@ class OpenAIDialect(Dialect):
             "object": kind,
             "created": int(plan.created),
             "model": plan.model,
+            "service_tier": "default",
+            "system_fingerprint": None,
         }
 
     @staticmethod
@@ -72,9 +95,16 @@ class OpenAIDialect(Dialect):
         return plan.finish_reason or ("length" if plan.truncated else "stop")
 
     @staticmethod
-    def _usage(plan: Plan) -> dict[str, int]:
+    def _usage(plan: Plan) -> dict[str, Any]:
         return {
             "prompt_tokens": plan.input_tokens,
             "completion_tokens": plan.output_tokens,
             "total_tokens": plan.input_tokens + plan.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         }

@@ -1,9 +1,9 @@
 """What the fake LLM server keeps of each request, and how it reads a chat body.
 
 `record()` turns h11's request head and body into a `RecordedRequest`, with
-the protocol guessed from the path and headers. `problem()`, `max_tokens()`
-and `input_words()` read a chat body the way the real services do, for the
-answers the dialects build.
+the protocol guessed from the path and headers. `max_tokens()`,
+`token_count()` and `input_words()` read a chat body the way the real
+services do, for the checks and answers the other modules make.
 """
 
 from __future__ import annotations
@@ -76,27 +76,13 @@ def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def problem(request: RecordedRequest) -> str | None:
-    """Why the real service would reject this body with a 400, if it would."""
-    body = request.body
-    if not isinstance(body, dict):
-        return "request body must be a JSON object"
-    if not isinstance(body.get("model"), str):
-        return "model: field required"
-    if not isinstance(body.get("messages"), list):
-        return "messages: field required"
-    if request.protocol == "anthropic" and _count(body.get("max_tokens")) is None:
-        return "max_tokens: field required"
-    return None
-
-
 def max_tokens(protocol: ProtocolName, body: dict[str, Any]) -> int | None:
     """The reply's token limit, from wherever `protocol` keeps it."""
     if protocol == "ollama":
-        return _count(as_dict(body.get("options")).get("num_predict"))
+        return token_count(as_dict(body.get("options")).get("num_predict"))
     if protocol == "openai" and "max_completion_tokens" in body:
-        return _count(body["max_completion_tokens"])
-    return _count(body.get("max_tokens"))
+        return token_count(body["max_completion_tokens"])
+    return token_count(body.get("max_tokens"))
 
 
 def input_words(body: dict[str, Any]) -> int:
@@ -106,7 +92,7 @@ def input_words(body: dict[str, Any]) -> int:
     return max(1, sum(len(text.split()) for text in texts))
 
 
-def _count(value: Any) -> int | None:
+def token_count(value: Any) -> int | None:
     """`value` if it is a usable token count (Ollama uses negatives for "no limit")."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value

@@ -1,14 +1,19 @@
 """The fake LLM server: `open_fake_llm_server()` and the running `FakeLLMServer`.
 
-It accepts connections on 127.0.0.1, records each request, takes the next
-scripted action for it and carries the action out over the socket.
+It accepts connections on 127.0.0.1, records each request, refuses it as the
+real service would (`runner.testing.strict`), or else takes the next scripted
+action for it and carries the action out over the socket.
+`open_fake_llm_server_in_thread()` runs the same server for tests that do
+not run on trio.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 
 import h11
 import trio
@@ -17,23 +22,33 @@ from .actions import Action, Drop, Fail, Hang, Malformed, Reply, Stall, StreamEr
 from .answers import error_answer, malformed_answer, reply_answer, stream_error_answer
 from .http import (
     Chunk,
-    first_pieces,
     receive_request,
     send,
     send_bad_request,
+    send_body,
+    split_stream,
     wait_until_client_leaves,
 )
 from .requests import ENDPOINTS, RecordedRequest, record
+from .rules import ModelRules
+from .strict import refusal
 
 
 class FakeLLMServer:
     """The running server; get one from `open_fake_llm_server()`.
 
-    `requests` lists every request received, in order, faults included.
+    `requests` lists every request received, in order, faults and refusals
+    included. `script()` and `requests` may be used from another thread than
+    the server's (see `open_fake_llm_server_in_thread()`).
     """
 
     def __init__(
-        self, url: str, *, reply: str | Callable[[RecordedRequest], str] | None = None
+        self,
+        url: str,
+        *,
+        reply: str | Callable[[RecordedRequest], str] | None = None,
+        api_key: str | None = None,
+        models: Mapping[str, ModelRules] | None = None,
     ) -> None:
         self.url = url
         self.openai_base_url = url + "/v1"
@@ -41,6 +56,8 @@ class FakeLLMServer:
         self.ollama_host = url
         self.requests: list[RecordedRequest] = []
         self._reply = reply
+        self._api_key = api_key
+        self._models = dict(models or {})
         self._scripts: dict[str | None, deque[Action]] = {}
 
     def script(self, *actions: Action, path: str | None = None) -> None:
@@ -48,7 +65,8 @@ class FakeLLMServer:
 
         With `path` (e.g. "/v1/messages") only requests to that endpoint take
         them; those queues are served before the shared one. A request that
-        finds no queued action gets a normal reply.
+        finds no queued action gets a normal reply. A request the server
+        refuses (a wrong key, an unknown field...) takes no action.
         """
         if path is not None and path not in ENDPOINTS:
             raise ValueError(f"unknown path {path!r}: use one of {', '.join(ENDPOINTS)}")
@@ -79,7 +97,13 @@ class FakeLLMServer:
         self.requests.append(request)
         number = len(self.requests)
         if request.method == "POST" and request.path in ENDPOINTS:
-            keep_open = await self._act(stream, conn, request, number, self._next_action(request))
+            refused = refusal(request, self._api_key, self._models)
+            if refused is not None:
+                await send(stream, conn, error_answer(request, number, refused))
+                keep_open = True
+            else:
+                action = self._next_action(request)
+                keep_open = await self._act(stream, conn, request, number, action)
         else:
             fail = Fail(404, f"no such endpoint: {request.method} {request.path}")
             await send(stream, conn, error_answer(request, number, fail))
@@ -124,12 +148,17 @@ class FakeLLMServer:
                 cut = Chunk(body[: max(0, min(after_bytes, len(body) - 1))])
                 await send(stream, conn, answer, [cut], end=False)
                 return False
-            case Stall(after_chunks=after_chunks):
+            case Stall(after_chunks=after_chunks, resume_after_s=resume_after_s):
                 answer = reply_answer(request, number, Reply(), self._default_text)
-                chunks = first_pieces(answer.chunks, after_chunks) if answer.streamed else []
-                await send(stream, conn, answer, chunks, end=False)
-                await wait_until_client_leaves(stream)
-                return False
+                first, rest = split_stream(answer.chunks, after_chunks)
+                if not answer.streamed:
+                    first, rest = [], answer.chunks
+                await send(stream, conn, answer, first, end=False)
+                if resume_after_s is None:
+                    await wait_until_client_leaves(stream)
+                    return False
+                await trio.sleep(resume_after_s)
+                await send_body(stream, conn, rest)
         return True
 
     def _default_text(self, request: RecordedRequest) -> str:
@@ -142,17 +171,32 @@ class FakeLLMServer:
 
 @asynccontextmanager
 async def open_fake_llm_server(
-    *, reply: str | Callable[[RecordedRequest], str] | None = None
+    *,
+    reply: str | Callable[[RecordedRequest], str] | None = None,
+    api_key: str | None = None,
+    models: Mapping[str, ModelRules] | None = None,
 ) -> AsyncIterator[FakeLLMServer]:
     """Start a `FakeLLMServer` on 127.0.0.1 and a free port, for the duration of the block.
 
     `reply` is the default answer text: a string, a function of the
     `RecordedRequest`, or None for "echo: <last user message>". On exit the
     server stops: hung handlers are cancelled and every connection is closed.
+
+    The server refuses what the real services refuse, with their status,
+    error shape and message, and such a request takes no scripted action: an
+    Anthropic body with a field the Messages API does not know (`temperature`,
+    `top_p` and `top_k` included under `anthropic-version: 2026-10-21`) or
+    without `max_tokens`, an `anthropic-version` that is no version; an OpenAI
+    `stream_options` without `stream`. With `api_key`, it also wants the key:
+    OpenAI in `Authorization: Bearer`, Anthropic in `x-api-key` or
+    `Authorization: Bearer`, and an `anthropic-version` header (Ollama has no
+    keys). `models` maps a model name to the `ModelRules` it follows, such as
+    `{"o3": ModelRules(rejects=("max_tokens",))}`.
     """
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
-    server = FakeLLMServer(f"http://127.0.0.1:{port}", reply=reply)
+    url = f"http://127.0.0.1:{port}"
+    server = FakeLLMServer(url, reply=reply, api_key=api_key, models=models)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, server._serve_connection, listeners)
@@ -167,6 +211,51 @@ async def open_fake_llm_server(
         if single is None:
             raise
         raise single from None
+
+
+@contextmanager
+def open_fake_llm_server_in_thread(
+    *,
+    reply: str | Callable[[RecordedRequest], str] | None = None,
+    api_key: str | None = None,
+    models: Mapping[str, ModelRules] | None = None,
+) -> Iterator[FakeLLMServer]:
+    """`open_fake_llm_server()` run by trio in a thread of its own, for the duration of the block.
+
+    For tests that are not on trio: synchronous ones, or ones that run
+    asyncio (`asyncio.run`, the official SDKs' async clients). Script the
+    server and read its `requests` from the test's thread as usual; `reply`,
+    when a function, is called in the server's thread.
+    """
+    started: queue.Queue[FakeLLMServer | BaseException] = queue.Queue()
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    async def serve() -> None:
+        async with open_fake_llm_server(reply=reply, api_key=api_key, models=models) as server:
+            started.put(server)
+            await trio.to_thread.run_sync(stop.wait)
+
+    def run() -> None:
+        try:
+            trio.run(serve)
+        except BaseException as exc:  # handed to the test's thread
+            failure.append(exc)
+            started.put(exc)  # in case it came before the server started
+
+    thread = threading.Thread(target=run, name="fake-llm-server", daemon=True)
+    thread.start()
+    server = started.get()
+    if isinstance(server, BaseException):
+        thread.join()
+        raise server
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join()
+    if failure:
+        raise failure[0]
 
 
 def _only_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
