@@ -48,11 +48,14 @@ def compute_cache_key(
         "step": step,
         "system": request.system,
         "prompt": request.prompt,
-        "temperature": float(request.temperature),
+        # An unset parameter (None) is a value of its own: the model's default.
+        "temperature": _number(request.temperature),
+        "top_p": _number(request.top_p),
         "max_tokens": request.max_tokens,
         "stop": list(request.stop),
         "seed": request.seed,
         "options": dict(request.options),
+        "omit": sorted(request.omit),
         "pipeline_version": pipeline_version,
         "runner_version": runner_version,
     }
@@ -106,3 +109,8 @@ class Cache:
         fields = {name: getattr(response, name) for name in _RESPONSE_FIELDS}
         record = {"format": _ENTRY_FORMAT, "key": key, "response": fields}
         await safe_write(self.root, self._relpath(key), sorted_json(record), fsync=self._fsync)
+
+
+def _number(value: float | None) -> float | None:
+    # 1 and 1.0 are the same temperature; None (unset) stays apart from any number.
+    return None if value is None else float(value)

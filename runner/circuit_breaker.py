@@ -75,6 +75,8 @@ class CircuitBreaker:
         self._epoch = 0
         # Set while a half-open probe is in flight; waiters block on it.
         self._probe_done: trio.Event | None = None
+        #: The last failure counted against the provider: what an open breaker says.
+        self.last_failure: str | None = None
 
     @property
     def state(self) -> State:
@@ -118,9 +120,10 @@ class CircuitBreaker:
             if self._state == "open":
                 remaining = self.remaining_cooldown()
                 if remaining > 0:
+                    cause = f" after: {self.last_failure}" if self.last_failure else ""
                     raise CircuitOpenError(
                         f"circuit breaker for {self.provider} is open"
-                        f" (next try in {remaining:.3g}s)",
+                        f" (next try in {remaining:.3g}s){cause}",
                         provider=self.provider,
                         retry_after=remaining,
                     )
@@ -151,6 +154,7 @@ class CircuitBreaker:
                 self._failures = 0
         elif isinstance(exc, ProviderError) and exc.breaker_failure:
             self._failures += 1
+            self.last_failure = str(exc)
             if probe or self._failures >= self.threshold:
                 await self._transition("open")
         # Anything else is neutral: a released probe slot goes to the next waiter.

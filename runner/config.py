@@ -30,11 +30,13 @@ class Settings:
     """Everything `runner` reads from the environment. Build with `Settings.from_env()`."""
 
     provider_timeout_s: float = 60.0
+    attempt_cap_s: float | None = None
     max_retries: int = 3
     cb_threshold: int = 5
     cb_cooldown_s: float = 30.0
     retry_base_s: float = 0.5
     retry_cap_s: float = 30.0
+    retry_after_max_s: float = 120.0
     runs_dir: Path = Path("runs")
     cache_dir: Path | None = None
     fsync: FsyncPolicy = "batch"
@@ -42,6 +44,7 @@ class Settings:
     openai_base_url: str = "https://api.openai.com/v1"
     anthropic_api_key: str | None = attrs.field(default=None, repr=False)
     anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_version: str = "2023-06-01"
     ollama_host: str = "http://localhost:11434"
 
     @classmethod
@@ -73,11 +76,13 @@ class Settings:
         d = cls()
         return cls(
             provider_timeout_s=get("PROVIDER_TIMEOUT_S", _positive_float, d.provider_timeout_s),
+            attempt_cap_s=get("PROVIDER_ATTEMPT_CAP_S", _positive_float, d.attempt_cap_s),
             max_retries=get("MAX_RETRIES", _non_negative_int, d.max_retries),
             cb_threshold=get("CB_THRESHOLD", _positive_int, d.cb_threshold),
             cb_cooldown_s=get("CB_COOLDOWN_S", _positive_float, d.cb_cooldown_s),
             retry_base_s=get("RUNNER_RETRY_BASE_S", _positive_float, d.retry_base_s),
             retry_cap_s=get("RUNNER_RETRY_CAP_S", _positive_float, d.retry_cap_s),
+            retry_after_max_s=get("RUNNER_RETRY_AFTER_MAX_S", _positive_float, d.retry_after_max_s),
             runs_dir=get("RUNNER_RUNS_DIR", _path, d.runs_dir),
             cache_dir=get("RUNNER_CACHE_DIR", _path, d.cache_dir),
             fsync=get("RUNNER_FSYNC", _fsync_policy, d.fsync),
@@ -85,6 +90,7 @@ class Settings:
             openai_base_url=get("OPENAI_BASE_URL", _url, d.openai_base_url),
             anthropic_api_key=get("ANTHROPIC_API_KEY", _text, None),
             anthropic_base_url=get("ANTHROPIC_BASE_URL", _anthropic_url, d.anthropic_base_url),
+            anthropic_version=get("ANTHROPIC_VERSION", _text, d.anthropic_version),
             ollama_host=get("OLLAMA_HOST", _ollama_host, d.ollama_host),
         )
 

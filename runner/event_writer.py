@@ -116,9 +116,21 @@ class EventEmitter:
         level: Level = "INFO" if ok else "WARN"
         return await self._emit("llm.response", step, level, {"status": status, **data})
 
-    async def llm_retry(self, step: str, *, attempt: int, delay_s: float, reason: str) -> Event:
-        data = {"attempt": attempt, "delay_s": round(delay_s, 6), "reason": reason}
+    async def llm_retry(
+        self, step: str, *, attempt: int, delay_s: float, reason: str, delay_from: str
+    ) -> Event:
+        # delay_from: "server" (Retry-After), "backoff" or "breaker" (its cooldown).
+        data = {
+            "attempt": attempt,
+            "delay_s": round(delay_s, 6),
+            "reason": reason,
+            "delay_from": delay_from,
+        }
         return await self._emit("llm.retry", step, "WARN", data)
+
+    async def llm_warning(self, step: str, *, provider: str, model: str, message: str) -> Event:
+        data = {"provider": provider, "model": model, "message": message}
+        return await self._emit("llm.warning", step, "WARN", data)
 
     async def breaker(self, transition: str, *, provider: str, failures: int) -> Event:
         # `transition` comes from the breaker: opened, half_open or closed.

@@ -44,6 +44,8 @@ EVENT_TYPES: Mapping[str, Level] = {
     "llm.request": "INFO",
     "llm.response": "INFO",
     "llm.retry": "WARN",
+    # Something about a provider's answers the pipeline should change (said once).
+    "llm.warning": "WARN",
     "breaker.opened": "WARN",
     "breaker.half_open": "INFO",
     "breaker.closed": "INFO",

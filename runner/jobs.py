@@ -23,6 +23,7 @@ from .job_options import JobOptions
 from .job_state import SUCCEEDED, JobState, fold_log
 from .pipeline import Pipeline
 from .pipeline_files import pipeline_from_dict
+from .providers import check_api_keys
 from .run_dir import RunDir
 from .supervisor import JobResult, Supervisor
 
@@ -123,6 +124,7 @@ async def open_job(
     """
     options = attrs.evolve(options or JobOptions(), **keywords)
     settings = options.settings or Settings.from_env()
+    check_api_keys(_llm_steps_by_provider(pipeline), settings)
     job_id = options.job_id
     if job_id is None:
         if options.resume:
@@ -205,6 +207,15 @@ async def run_dag(
         pass
     assert job.result is not None
     return job.result
+
+
+def _llm_steps_by_provider(pipeline: Pipeline) -> dict[str, list[str]]:
+    steps: dict[str, list[str]] = {}
+    for step in pipeline.steps:
+        provider = pipeline.resolved(step).provider
+        if step.fn is None and provider is not None:
+            steps.setdefault(provider, []).append(step.name)
+    return steps
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -48,6 +48,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": (lambda v: isinstance(v, str) and v != "", "a model name"),
     "system": (lambda v: isinstance(v, str), "a string"),
     "temperature": (lambda v: _is_number(v) and 0 <= v <= 2, "a number from 0 to 2"),
+    "top_p": (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
     "max_tokens": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
     "stop": (
         lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
@@ -56,8 +57,13 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (_is_int, "a whole number"),
     "files": (lambda v: isinstance(v, bool), "true or false"),
     "timeout_s": (lambda v: _is_number(v) and v > 0, "a positive number of seconds"),
+    "attempt_cap_s": (lambda v: _is_number(v) and v > 0, "a positive number of seconds"),
     "retries": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
     "options": (lambda v: isinstance(v, Mapping), "a table of provider options"),
+    "omit": (
+        lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
+        "a list of request fields",
+    ),
 }
 STEP_ONLY_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prompt": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
@@ -71,6 +77,12 @@ _PROVIDER_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_concurrency": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
     "stream": (lambda v: isinstance(v, bool) or v == "auto", 'true, false or "auto"'),
 }
+_OPENAI_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "token_limit_field": (
+        lambda v: v in ("max_tokens", "max_completion_tokens"),
+        '"max_tokens" or "max_completion_tokens"',
+    ),
+}
 _FAKE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "latency_s": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
     "replies": (
@@ -82,12 +94,11 @@ _FAKE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a table of step = error message",
     ),
 }
-_BUILTIN_DEFAULTS: dict[str, Any] = {
-    "provider": "fake",
-    "model": "echo",
-    "temperature": 0.0,
-    "max_tokens": 2048,
-}
+# Generation parameters have no built-in default: what a pipeline does not set is not
+# sent, and the model uses its own (current models refuse some parameters outright).
+# Each provider's own [providers.NAME] fields.
+_OWN_FIELDS = {"fake": _FAKE_FIELDS, "openai": _OPENAI_FIELDS}
+_BUILTIN_DEFAULTS: dict[str, Any] = {"provider": "fake", "model": "echo"}
 
 
 def _to_tuple(value: Iterable[str]) -> tuple[str, ...]:
@@ -116,7 +127,9 @@ class Step:
     """One node of the DAG: a prompt for an LLM, or `fn`, an `async def fn(ctx) -> str`.
 
     Fields left as None take the pipeline's `[defaults]`, then the built-in
-    defaults (provider "fake", model "echo", temperature 0.0, max_tokens 2048).
+    defaults (provider "fake", model "echo"). Generation parameters (`temperature`,
+    `top_p`, `max_tokens`, `stop`, `seed`, `options`) left unset are not sent at all.
+    `omit` names request fields to leave out of what the provider would send.
     """
 
     name: str
@@ -126,13 +139,16 @@ class Step:
     provider: str | None = None
     model: str | None = None
     temperature: float | None = None
+    top_p: float | None = None
     max_tokens: int | None = None
     stop: tuple[str, ...] | None = attrs.field(default=None, converter=_to_optional_tuple)
     seed: int | None = None
     files: bool | None = None
     timeout_s: float | None = None
+    attempt_cap_s: float | None = None
     retries: int | None = None
     options: Mapping[str, Any] | None = None
+    omit: tuple[str, ...] | None = attrs.field(default=None, converter=_to_optional_tuple)
     fn: StepFunction | None = attrs.field(default=None, eq=False)
 
 
@@ -190,7 +206,7 @@ class Pipeline:
             if getattr(step, field) is None:
                 value = self.defaults.get(field, _BUILTIN_DEFAULTS.get(field))
                 if value is not None:
-                    changes[field] = tuple(value) if field == "stop" else value
+                    changes[field] = tuple(value) if field in ("stop", "omit") else value
         return attrs.evolve(step, **changes) if changes else step
 
     # Derived once per pipeline (it is frozen): a job reads these once per step.
@@ -239,8 +255,9 @@ class Pipeline:
             record.pop("name")
             if step.fn is not None:
                 record["fn"] = f"{step.fn.__module__}:{step.fn.__qualname__}"
-            if "stop" in record:
-                record["stop"] = list(record["stop"])
+            for listed in ("stop", "omit"):
+                if listed in record:
+                    record[listed] = list(record[listed])
             if "needs" in record:
                 record["needs"] = list(record["needs"])
             steps[step.name] = record
@@ -317,7 +334,7 @@ def _validate(pipeline: Pipeline) -> None:
             )
         if not isinstance(settings, Mapping):
             raise fail(f"providers.{provider_name}", "expected a table")
-        allowed = _PROVIDER_FIELDS | (_FAKE_FIELDS if provider_name == "fake" else {})
+        allowed = _PROVIDER_FIELDS | _OWN_FIELDS.get(provider_name, {})
         _fields(settings, f"providers.{provider_name}", allowed, fail)
     if not pipeline.steps:
         raise fail("steps", "a pipeline needs at least one step")
@@ -354,6 +371,14 @@ def _validate(pipeline: Pipeline) -> None:
                 f"{where}.provider",
                 f"unknown provider {resolved.provider!r} (known: {', '.join(_PROVIDERS)})",
             )
+        temperature = resolved.temperature
+        if resolved.provider == "anthropic" and temperature is not None:
+            if not 0 <= temperature <= 1:  # Anthropic's range; the others take up to 2
+                own = step.temperature is not None
+                raise fail(
+                    f"{where}.temperature" if own else "defaults.temperature",
+                    f"expected a number from 0 to 1 for anthropic, got {temperature!r}",
+                )
         for field in ("prompt", "system"):
             text = getattr(step, field)
             problem = template_problem(text, inputs=pipeline.inputs, needs=needs, step=step.name)

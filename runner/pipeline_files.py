@@ -44,13 +44,16 @@ class _Defaults:
     model: str | None = None
     system: str | None = None
     temperature: float | None = None
+    top_p: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = None
     seed: int | None = None
     files: bool | None = None
     timeout_s: float | None = None
+    attempt_cap_s: float | None = None
     retries: int | None = None
     options: dict[str, Any] | None = None
+    omit: list[str] | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -5,17 +5,21 @@ its circuit breaker, its concurrency limiter (`max_concurrency`) and the retry
 policy. A step calls `lane.call(request)`; each attempt, in this order:
 
     take the concurrency slot -> ask the breaker -> llm.request
-        -> the provider, under the deadline -> llm.response
+        -> the provider, under the silence deadline -> llm.response
 
 The breaker is asked after the slot is taken, so a call that queued behind
-`max_concurrency` while the breaker opened is not sent. Transient failures are
-retried with backoff (or as long as the server asks); permanent ones fail at once.
+`max_concurrency` while the breaker opened is not sent. The deadline measures
+silence: it is `PROVIDER_TIMEOUT_S` from the last piece of the answer that
+arrived, so a healthy long stream is never cut; an optional cap bounds a whole
+attempt. Transient failures are retried with backoff, or exactly as long as the
+server asks; permanent ones fail at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +42,7 @@ __all__ = ["STREAM_ABOVE_MAX_TOKENS", "ProviderLane"]
 
 #: Above this many max_tokens, `stream = "auto"` (the default) streams the response.
 STREAM_ABOVE_MAX_TOKENS = 1024
+_ERROR_CHARS = 200
 
 
 @attrs.define
@@ -51,6 +56,9 @@ class ProviderLane:
     emitter: EventEmitter
     limiter: trio.CapacityLimiter | None = None
     config: Mapping[str, Any] = attrs.field(factory=dict)
+    #: `PROVIDER_ATTEMPT_CAP_S`: at most this long for a whole attempt (None: no cap).
+    attempt_cap_s: float | None = None
+    _mode_warned: bool = attrs.field(default=False, init=False)
 
     @classmethod
     def open(
@@ -75,6 +83,7 @@ class ProviderLane:
             emitter=emitter,
             limiter=trio.CapacityLimiter(limit) if isinstance(limit, int) and limit > 0 else None,
             config=config,
+            attempt_cap_s=settings.attempt_cap_s,
         )
 
     @property
@@ -85,16 +94,24 @@ class ProviderLane:
     def base_url(self) -> str:
         return self.provider.base_url
 
-    def wants_stream(self, max_tokens: int) -> bool:
-        """`stream` in `[providers.NAME]`: true, false, or "auto" (long answers stream)."""
+    def wants_stream(self, max_tokens: int | None) -> bool:
+        """`stream` in `[providers.NAME]`: true, false, or "auto" (answers that may be long
+        stream: no `max_tokens`, or more than `STREAM_ABOVE_MAX_TOKENS`)."""
         setting = self.config.get("stream", "auto")
-        return setting is True or (setting == "auto" and max_tokens > STREAM_ABOVE_MAX_TOKENS)
+        if setting == "auto":
+            return max_tokens is None or max_tokens > STREAM_ABOVE_MAX_TOKENS
+        return setting is True
 
     async def aclose(self) -> None:
         await self.provider.aclose()
 
     async def call(
-        self, request: LLMRequest, *, step: str, retries: int | None = None
+        self,
+        request: LLMRequest,
+        *,
+        step: str,
+        retries: int | None = None,
+        attempt_cap_s: float | None = None,
     ) -> tuple[LLMResponse, int]:
         """Call the provider until it answers, fails permanently, or the retries run out.
 
@@ -104,39 +121,61 @@ class ProviderLane:
         whose message says "timed out". Cancellation propagates untouched.
         """
         policy = self.policy if retries is None else attrs.evolve(self.policy, max_retries=retries)
-        timeout_s = request.timeout_s or self.timeout_s
         last_attempt = 1 + policy.max_retries
         for attempt in range(1, last_attempt + 1):
             try:
-                return await self._attempt(request, step, attempt, timeout_s), attempt
+                return await self._attempt(request, step, attempt, attempt_cap_s), attempt
             except CircuitOpenError as exc:
                 if attempt == last_attempt:
                     exc.attempts = attempt
                     raise
-                delay, reason = exc.retry_after or self.breaker.remaining_cooldown(), exc.reason
+                delay, reason, source = self.breaker.remaining_cooldown(), exc.reason, "breaker"
             except RetryableProviderError as exc:
+                if policy.waits_too_long(exc.retry_after):
+                    raise _asked_too_long(exc, policy, attempt) from exc
                 if attempt == last_attempt:
                     exc.attempts = attempt
                     raise
-                delay, reason = policy.delay(attempt, retry_after=exc.retry_after), exc.reason
+                delay = policy.delay(attempt, retry_after=exc.retry_after)
+                reason, source = exc.reason, "server" if exc.retry_after else "backoff"
             except ProviderError as exc:
                 # Permanent: another attempt would fail the same way.
                 exc.attempts = attempt
                 raise
-            await self.emitter.llm_retry(step, attempt=attempt, delay_s=delay, reason=reason)
+            await self.emitter.llm_retry(
+                step, attempt=attempt, delay_s=delay, reason=reason, delay_from=source
+            )
             await trio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _attempt(
-        self, request: LLMRequest, step: str, attempt: int, timeout_s: float
+        self, request: LLMRequest, step: str, attempt: int, attempt_cap_s: float | None
     ) -> LLMResponse:
         # The slot first: the breaker's answer must hold when the call goes out.
         slot = self.limiter if self.limiter is not None else contextlib.nullcontext()
         async with slot, self.breaker.attempt():
-            return await self._send(request, step, attempt, timeout_s)
+            response = await self._send(request, step, attempt, attempt_cap_s)
+        if response.streamed is not None and response.streamed != request.stream:
+            await self._warn_mode(step, request, response.streamed)
+        return response
+
+    async def _warn_mode(self, step: str, request: LLMRequest, streamed: bool) -> None:
+        # Read all the same; said once per job and provider.
+        if self._mode_warned:
+            return
+        self._mode_warned = True
+        asked, got = ("a stream", "plain JSON") if request.stream else ("plain JSON", "a stream")
+        setting = "true" if streamed else "false"
+        await self.emitter.llm_warning(
+            step,
+            provider=self.name,
+            model=request.model,
+            message=f"asked for {asked}, the server answered with {got};"
+            f" set stream = {setting} in [providers.{self.name}]",
+        )
 
     async def _send(
-        self, request: LLMRequest, step: str, attempt: int, timeout_s: float
+        self, request: LLMRequest, step: str, attempt: int, attempt_cap_s: float | None
     ) -> LLMResponse:
         """One attempt under its deadline, logged as an `llm.request` / `llm.response` pair."""
         # Only what identifies the call: never headers, keys or the prompt itself.
@@ -150,14 +189,8 @@ class ProviderLane:
         )
         start = trio.current_time()
         try:
-            try:
-                with trio.fail_after(timeout_s):
-                    response = await self.provider.complete(request)
-            except trio.TooSlowError:
-                # Raised inside the breaker's attempt, so a timeout counts as a breaker failure.
-                raise ProviderTimeoutError(
-                    f"{self.name}: timed out after {timeout_s:g}s", provider=self.name
-                ) from None
+            # Raised inside the breaker's attempt, so a timeout counts as a breaker failure.
+            response = await self._within_deadlines(request, attempt_cap_s)
         except trio.Cancelled:
             # Keep request/response paired even for an attempt the job's end cut short;
             # shielded, and bounded because the writer outlives every step.
@@ -165,11 +198,34 @@ class ProviderLane:
                 await self._log_response(step, request, attempt, start, "cancelled")
             raise
         except Exception as exc:
-            await self._log_response(step, request, attempt, start, _failure_status(exc))
+            await self._log_response(
+                step, request, attempt, start, _failure_status(exc), error=_short(exc)
+            )
             raise
         status = response.status if response.status is not None else "ok"
         await self._log_response(step, request, attempt, start, status, response)
         return response
+
+    async def _within_deadlines(
+        self, request: LLMRequest, attempt_cap_s: float | None
+    ) -> LLMResponse:
+        """`provider.complete()` under the silence deadline, and the whole-attempt cap if any."""
+        silence_s = request.timeout_s or self.timeout_s
+        cap_s = attempt_cap_s or self.attempt_cap_s
+        with trio.move_on_after(cap_s if cap_s else math.inf) as cap:
+            with trio.CancelScope() as silence:
+
+                def heard() -> None:
+                    silence.deadline = trio.current_time() + silence_s
+
+                heard()
+                return await self.provider.complete(request, heard=heard)
+        if silence.cancelled_caught:
+            message = f"{self.name}: timed out after {silence_s:g}s without a byte"
+        else:
+            assert cap.cancelled_caught
+            message = f"{self.name}: timed out: the attempt took more than {cap_s:g}s in all"
+        raise ProviderTimeoutError(message, provider=self.name)
 
     async def _log_response(
         self,
@@ -179,7 +235,10 @@ class ProviderLane:
         start: float,
         status: int | str,
         response: LLMResponse | None = None,
+        *,
+        error: str | None = None,
     ) -> None:
+        failure = {} if error is None else {"error": error}
         await self.emitter.llm_response(
             step,
             status=status,
@@ -189,7 +248,29 @@ class ProviderLane:
             latency_s=round(trio.current_time() - start, 6),
             input_tokens=response.input_tokens if response is not None else None,
             output_tokens=response.output_tokens if response is not None else None,
+            **failure,
         )
+
+
+def _asked_too_long(exc: ProviderError, policy: RetryPolicy, attempt: int) -> ProviderError:
+    """The step fails at once: waiting that long is not what a running job should do."""
+    assert exc.retry_after is not None
+    failure = type(exc)(
+        f"{exc}; the server asked to wait {exc.retry_after:g}s before trying again, more"
+        f" than RUNNER_RETRY_AFTER_MAX_S ({policy.retry_after_max_s:g}s): run the job again"
+        " later with --resume",
+        provider=exc.provider,
+        status=exc.status,
+        retry_after=exc.retry_after,
+    )
+    failure.attempts = attempt
+    return failure
+
+
+def _short(exc: Exception) -> str:
+    # The failed attempt's own words, short: the step's message has the rest.
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"
 
 
 def _failure_status(exc: Exception) -> int | str:

@@ -3,7 +3,8 @@
 Full jitter (a random delay between zero and the exponential ceiling) spreads
 out the retries of many steps that failed together, so they do not hit a
 recovering provider in lockstep. When the server says how long to wait
-(`Retry-After`), it knows best, and we wait that long, within the cap.
+(`Retry-After`), it knows best: we wait exactly that long, above the cap too, up
+to `retry_after_max_s`; a server asking for longer is not retried at all.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class RetryPolicy:
     max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     base_s: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
     cap_s: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    retry_after_max_s: float = attrs.field(default=120.0, validator=attrs.validators.ge(0))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, max_retries: int | None = None) -> RetryPolicy:
@@ -43,6 +45,7 @@ class RetryPolicy:
             max_retries=settings.max_retries if max_retries is None else max_retries,
             base_s=settings.retry_base_s,
             cap_s=settings.retry_cap_s,
+            retry_after_max_s=settings.retry_after_max_s,
         )
 
     def delay(
@@ -56,13 +59,17 @@ class RetryPolicy:
 
         Without `retry_after`: a uniformly random delay in
         ``[0, min(cap_s, base_s * 2**(retry_number - 1)))``. With a positive
-        `retry_after` (the server's request): exactly that, at most `cap_s`.
+        `retry_after` (the server's request): exactly that (see `waits_too_long`).
         `random` returns a float in [0, 1); pass your own for deterministic tests.
         """
         if retry_number < 1:
             raise ValueError(f"retry_number starts at 1, got {retry_number}")
         if retry_after is not None and retry_after > 0:
-            return min(retry_after, self.cap_s)
+            return retry_after
         exponent = min(retry_number - 1, _MAX_EXPONENT)
         ceiling = min(self.cap_s, self.base_s * 2.0**exponent)
         return ceiling * random()
+
+    def waits_too_long(self, retry_after: float | None) -> bool:
+        """True when the server asks for a longer wait than `retry_after_max_s`."""
+        return retry_after is not None and retry_after > self.retry_after_max_s

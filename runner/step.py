@@ -272,17 +272,18 @@ async def _call_llm(services: StepServices, step: Step, outputs: Mapping[str, st
     assert step.provider is not None
     assert step.model is not None
     lane = services.lanes[step.provider]
-    max_tokens = step.max_tokens or 2048
     request = LLMRequest(
         model=step.model,
         prompt=render(step.prompt, services.inputs, outputs),
         system=render(step.system, services.inputs, outputs) if step.system else None,
-        temperature=float(step.temperature if step.temperature is not None else 0.0),
-        max_tokens=max_tokens,
+        temperature=None if step.temperature is None else float(step.temperature),
+        top_p=None if step.top_p is None else float(step.top_p),
+        max_tokens=step.max_tokens,
         stop=step.stop or (),
         seed=step.seed,
         options=dict(step.options or {}),
-        stream=lane.wants_stream(max_tokens),
+        omit=step.omit or (),
+        stream=lane.wants_stream(step.max_tokens),
         step=step.name,
         timeout_s=step.timeout_s or services.settings.provider_timeout_s,
     )
@@ -306,7 +307,9 @@ async def _call_llm(services: StepServices, step: Step, outputs: Mapping[str, st
                 await emitter.cache_hit(step.name, key)
                 return _Answer(hit, attempts=0, cached=True, key=key)
             await emitter.cache_miss(step.name, key)
-    response, attempts = await lane.call(request, step=step.name, retries=step.retries)
+    response, attempts = await lane.call(
+        request, step=step.name, retries=step.retries, attempt_cap_s=step.attempt_cap_s
+    )
     return _Answer(response, attempts=attempts, cached=False, key=key)
 
 

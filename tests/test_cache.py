@@ -40,20 +40,24 @@ BASE: dict[str, Any] = {
     "system": "You are a careful architect.",
     "prompt": "Design a chess clock.",
     "temperature": 0.2,
+    "top_p": 0.9,
     "max_tokens": 512,
     "stop": ("END",),
     "seed": 7,
-    "options": {"top_p": 0.9, "presence_penalty": 0.5},
+    "options": {"presence_penalty": 0.5},
+    "omit": ("stream_options",),
 }
 _REQUEST_FIELDS = (
     "model",
     "system",
     "prompt",
     "temperature",
+    "top_p",
     "max_tokens",
     "stop",
     "seed",
     "options",
+    "omit",
 )
 
 # The same computation, in a fresh interpreter with its own hash seed.
@@ -108,13 +112,16 @@ _ALTERNATIVES: dict[str, st.SearchStrategy[Any]] = {
     "model": _text,
     "system": st.none() | _text,
     "prompt": _text,
-    "temperature": st.floats(min_value=0, max_value=2, allow_nan=False),
-    "max_tokens": st.integers(min_value=1, max_value=1_000_000),
+    # None is "unset": the model's own default, a value of its own.
+    "temperature": st.none() | st.floats(min_value=0, max_value=2, allow_nan=False),
+    "top_p": st.none() | st.floats(min_value=0, max_value=1, allow_nan=False),
+    "max_tokens": st.none() | st.integers(min_value=1, max_value=1_000_000),
     "stop": st.lists(_text, max_size=3).map(tuple),
     "seed": st.none() | st.integers(),
     "options": st.dictionaries(
         _text, st.none() | st.booleans() | st.integers() | _text, max_size=3
     ),
+    "omit": st.lists(_text, max_size=3, unique=True).map(tuple),
 }
 
 
@@ -202,7 +209,7 @@ async def test_second_run_uses_cache(runs_dir: Path, tmp_path: Path) -> None:
     entries = sorted(cache_dir.rglob("*.json"))
     assert sorted(cache_dir / key[:2] / f"{key}.json" for _, key in misses) == entries
     assert not (first.run_dir / ".cache").exists()
-    assert not any(b"7f3a" in entry.read_bytes() for entry in entries)
+    assert not any(b"job-" in entry.read_bytes() for entry in entries)
     assert [] == leftover_temp_files([cache_dir])
 
 

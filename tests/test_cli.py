@@ -354,3 +354,33 @@ def test_list_leaves_out_directories_no_job_can_have(runs_dir: Path) -> None:
     shutil.copytree(runs_dir / "good", runs_dir / "x\ny")
     code, out, _ = invoke("list", "--runs-dir", str(runs_dir))
     assert (0, ["good"]) == (code, [line.split()[0] for line in out.splitlines()])
+
+
+def test_a_missing_key_for_the_official_api_is_exit_2_before_any_call(tmp_path: Path) -> None:
+    pipeline = write(
+        tmp_path / "p.toml",
+        'name = "p"\n[defaults]\nprovider = "openai"\nmodel = "gpt-5"\n'
+        '[steps.a]\nprompt = "x"\n[steps.b]\nprompt = "y"\n'
+        '[steps.c]\nprompt = "z"\nprovider = "fake"\nmodel = "echo"\n',
+    )
+    runs = tmp_path / "runs"
+    code, out, err = invoke("run", pipeline, "--runs-dir", str(runs))
+    assert (2, "") == (code, out)
+    assert (
+        "runner: OPENAI_API_KEY is not set: steps a, b call openai at https://api.openai.com/v1"
+        " (set OPENAI_API_KEY in the environment or .env)\n"
+    ) == err
+    assert not runs.exists()
+    # Another address (a local or compatible server) needs no key.
+    code, _, _ = invoke(
+        "run",
+        pipeline,
+        "--runs-dir",
+        str(runs),
+        env={
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "MAX_RETRIES": "0",
+            "PROVIDER_TIMEOUT_S": "2",
+        },
+    )
+    assert 1 == code  # it ran: the connection was refused, the job failed

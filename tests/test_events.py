@@ -57,8 +57,8 @@ def test_every_type_in_the_design_table_is_known() -> None:
         "step.skipped", "llm.request", "llm.response", "llm.retry", "breaker.opened",
         "breaker.half_open", "breaker.closed", "cache.hit", "cache.miss", "file.written",
     }  # fmt: skip
-    # One addition to the design's table: a response that could not be stored.
-    assert expected | {"cache.error"} == set(EVENT_TYPES)
+    # Additions: a response that could not be stored; a warning about a provider's answers.
+    assert expected | {"cache.error", "llm.warning"} == set(EVENT_TYPES)
 
 
 def test_matches_type_family() -> None:

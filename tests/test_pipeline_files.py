@@ -108,9 +108,8 @@ def test_built_in_defaults(tmp_path):
         """,
     )
     step = pipeline.resolved(pipeline.step("a"))
-    expected = Step(
-        "a", prompt="hi", provider="fake", model="echo", temperature=0.0, max_tokens=2048
-    )
+    # No generation parameter is set unless the pipeline sets it: nothing goes on the wire.
+    expected = Step("a", prompt="hi", provider="fake", model="echo")
     assert expected == step
     assert "1" == pipeline.version
 
@@ -199,9 +198,43 @@ BAD_FILES = {
         [steps.builder]
         promt = "x"
         """,
-        r"steps\.builder\.promt: unknown field \(expected one of files, max_tokens, model, "
-        r"needs, options, prompt, provider, retries, seed, stop, system, temperature, "
-        r"timeout_s\)",
+        r"steps\.builder\.promt: unknown field \(expected one of attempt_cap_s, files, "
+        r"max_tokens, model, needs, omit, options, prompt, provider, retries, seed, stop, "
+        r"system, temperature, timeout_s, top_p\)",
+    ),
+    "anthropic temperature above 1": (
+        """\
+        name = "p"
+        [steps.a]
+        prompt = "x"
+        provider = "anthropic"
+        model = "claude"
+        temperature = 1.5
+        """,
+        r"steps\.a\.temperature: expected a number from 0 to 1 for anthropic, got 1\.5",
+    ),
+    "anthropic temperature above 1 from the defaults": (
+        """\
+        name = "p"
+        [defaults]
+        temperature = 1.2
+        [steps.a]
+        prompt = "x"
+        provider = "anthropic"
+        model = "claude"
+        """,
+        r"defaults\.temperature: expected a number from 0 to 1 for anthropic, got 1\.2",
+    ),
+    "unknown openai token limit field": (
+        """\
+        name = "p"
+        [providers.openai]
+        token_limit_field = "max_output_tokens"
+        [steps.a]
+        prompt = "x"
+        """,
+        r'providers\.openai\.token_limit_field: expected "max_tokens" or '
+        r'"max_completion_tokens", got \'max_output_tokens\'',
     ),
     "unknown defaults field": (
         """\
@@ -778,13 +811,16 @@ def test_every_step_field_round_trips_through_pipeline_json():
         "model": "m",
         "system": "s",
         "temperature": 1,
+        "top_p": 0.9,
         "max_tokens": 9,
         "stop": ["END"],
         "seed": 3,
         "files": True,
         "timeout_s": 2.5,
+        "attempt_cap_s": 600,
         "retries": 0,
-        "options": {"top_p": 0.5},
+        "options": {"logprobs": True},
+        "omit": ["stream_options"],
     }
     step = Step("a", prompt="p", **defaults)
     fn_step = Step("b", needs=["a"], fn=shout)

@@ -37,7 +37,7 @@ class ScriptedProvider:
         self.in_flight = 0
         self.max_in_flight = 0
 
-    async def complete(self, request):
+    async def complete(self, request, *, heard=None):
         self.calls += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -118,23 +118,26 @@ def request_event(attempt):
     )
 
 
-def response_event(attempt, status, latency_s=0.0, input_tokens=None, output_tokens=None):
-    return (
-        "llm.response",
-        {
-            "status": status,
-            "provider": "scripted",
-            "model": "m-1",
-            "attempt": attempt,
-            "latency_s": latency_s,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-        },
-    )
+def response_event(
+    attempt, status, latency_s=0.0, input_tokens=None, output_tokens=None, error=None
+):
+    data = {
+        "status": status,
+        "provider": "scripted",
+        "model": "m-1",
+        "attempt": attempt,
+        "latency_s": latency_s,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+    }
+    if error is not None:  # a failed attempt says why, in its own words
+        data["error"] = error
+    return ("llm.response", data)
 
 
-def retry_event(attempt, delay_s, reason):
-    return ("llm.retry", {"attempt": attempt, "delay_s": delay_s, "reason": reason})
+def retry_event(attempt, delay_s, reason, delay_from="backoff"):
+    data = {"attempt": attempt, "delay_s": delay_s, "reason": reason, "delay_from": delay_from}
+    return ("llm.retry", data)
 
 
 async def test_success_on_the_first_try(autojump_clock, channel):
@@ -177,10 +180,10 @@ async def test_retryable_failures_then_success(autojump_clock, channel, seeded_r
     assert pytest.approx(sum(expected_delays), abs=1e-5) == trio.current_time() - start
     assert [
         request_event(1),
-        response_event(1, "connection_error"),
+        response_event(1, "connection_error", error="scripted: connection refused"),
         retry_event(1, expected_delays[0], "connection_error"),
         request_event(2),
-        response_event(2, 503),
+        response_event(2, 503, error="scripted: http 503"),
         retry_event(2, expected_delays[1], "http_503"),
         request_event(3),
         response_event(3, 200, input_tokens=7, output_tokens=3),
@@ -197,7 +200,7 @@ async def test_retry_after_from_the_server_sets_the_delay(autojump_clock, channe
     assert (OK, 2) == await call(provider, emitter)
 
     assert 7.0 == trio.current_time() - start
-    assert retry_event(1, 7.0, "http_429") in drain(events)
+    assert retry_event(1, 7.0, "http_429", delay_from="server") in drain(events)
 
 
 async def test_a_permanent_error_is_not_retried(autojump_clock, channel):
@@ -211,7 +214,9 @@ async def test_a_permanent_error_is_not_retried(autojump_clock, channel):
 
     assert 1 == info.value.attempts
     assert 1 == provider.calls
-    assert [request_event(1), response_event(1, 404)] == drain(events)
+    assert [request_event(1), response_event(1, 404, error="scripted: model not found")] == drain(
+        events
+    )
     assert "closed" == breaker.state
 
 
@@ -219,7 +224,9 @@ async def test_a_hanging_provider_times_out(autojump_clock, channel):
     emitter, events = channel
     breaker = make_breaker(threshold=1)
 
-    with pytest.raises(ProviderTimeoutError, match=r"^scripted: timed out after 5s$") as info:
+    with pytest.raises(
+        ProviderTimeoutError, match=r"^scripted: timed out after 5s without a byte$"
+    ) as info:
         await call(
             ScriptedProvider([HANG]),
             emitter,
@@ -230,7 +237,10 @@ async def test_a_hanging_provider_times_out(autojump_clock, channel):
 
     assert 1 == info.value.attempts
     assert "timeout" == info.value.reason
-    assert [request_event(1), response_event(1, "timeout", 5.0)] == drain(events)
+    timed_out = response_event(
+        1, "timeout", 5.0, error="scripted: timed out after 5s without a byte"
+    )
+    assert [request_event(1), timed_out] == drain(events)
     assert "open" == breaker.state  # a timeout is a breaker failure
 
 
@@ -257,7 +267,7 @@ async def test_an_open_breaker_skips_the_attempt_and_waits_out_the_cooldown(
 
     assert 6.0 == trio.current_time() - start
     assert [
-        retry_event(1, 6.0, "circuit_open"),
+        retry_event(1, 6.0, "circuit_open", delay_from="breaker"),
         request_event(2),
         response_event(2, 200, input_tokens=7, output_tokens=3),
     ] == drain(events)
@@ -370,4 +380,4 @@ async def test_a_provider_bug_is_logged_and_surfaces(autojump_clock, channel):
     with pytest.raises(KeyError):
         await call(ScriptedProvider([KeyError("choices")]), emitter)
 
-    assert [request_event(1), response_event(1, "error")] == drain(events)
+    assert [request_event(1), response_event(1, "error", error="'choices'")] == drain(events)

@@ -29,11 +29,8 @@ from runner.errors import (
     RetryableProviderError,
 )
 from runner.providers import LLMRequest, Provider, create_provider
-from runner.providers._http import (
-    SSEDecoder,
-    SSEEvent,
-    parse_retry_after,
-)
+from runner.providers._failures import parse_retry_after
+from runner.providers._lines import SSEDecoder, SSEEvent
 from runner.providers.anthropic import AnthropicProvider
 from runner.providers.ollama import OllamaProvider
 from runner.providers.openai import OpenAIProvider
@@ -153,7 +150,7 @@ async def test_openai_request_shape():
     } == server.body
 
 
-async def test_openai_minimal_request_sends_temperature_and_no_key_when_unset():
+async def test_openai_minimal_request_sends_no_generation_parameter_and_no_key_when_unset():
     settings = SETTINGS.evolve(openai_api_key=None)
     async with serving("openai", httpx.Response(200, json=OPENAI_REPLY), settings=settings) as (
         provider,
@@ -161,11 +158,10 @@ async def test_openai_minimal_request_sends_temperature_and_no_key_when_unset():
     ):
         await provider.complete(LLMRequest(model="m", prompt="hi"))
     assert "authorization" not in server.requests[0].headers
+    # Nothing the pipeline did not set: reasoning models refuse temperature 0 and max_tokens.
     assert {
         "model": "m",
         "messages": [{"role": "user", "content": "hi"}],
-        "temperature": 0.0,
-        "max_tokens": 2048,
         "stream": False,
     } == server.body
 
@@ -607,11 +603,12 @@ NOW = 1_700_000_000.0
         ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),
         ({"retry-after-ms": "soon", "retry-after": "9"}, 9.0),
         ({"retry-after": email.utils.formatdate(NOW + 30, usegmt=True)}, 30.0),
+        # Any positive delay, as asked: how long to wait at most is the retry policy's call.
         ({"retry-after": "60"}, 60.0),
-        ({"retry-after": "61"}, None),
+        ({"retry-after": "61"}, 61.0),
         ({"retry-after": "0"}, None),
         ({"retry-after": "-3"}, None),
-        ({"retry-after-ms": "120000"}, None),
+        ({"retry-after-ms": "120000"}, 120.0),
         ({"retry-after": email.utils.formatdate(NOW - 30, usegmt=True)}, None),
         ({"retry-after": "nan"}, None),
         ({"retry-after": "whenever"}, None),
@@ -790,3 +787,138 @@ async def test_api_key_never_appears_in_an_error_message(name):
     for key in (OPENAI_KEY, ANTHROPIC_KEY):
         assert key not in str(exc)
         assert key not in repr(exc)
+
+
+# -- what is sent, as today's models accept it -------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_unset_generation_parameters_are_not_sent(name):
+    replies = {"openai": OPENAI_REPLY, "anthropic": ANTHROPIC_REPLY, "ollama": OLLAMA_REPLY}
+    async with serving(name, httpx.Response(200, json=replies[name])) as (provider, server):
+        await provider.complete(LLMRequest(model="m", prompt="hi"))
+    sent = server.body
+    options = sent.get("options", {})
+    assert {"temperature", "top_p", "seed", "stop"}.isdisjoint(sent | options)
+    # Anthropic requires max_tokens: its default goes; the others send no token limit.
+    limits = {k: v for k, v in (sent | options).items() if "tokens" in k or k == "num_predict"}
+    assert ({"max_tokens": 2048} if name == "anthropic" else {}) == limits
+
+
+@pytest.mark.parametrize(
+    ("base_url", "config", "field"),
+    [
+        ("https://api.openai.com/v1", {}, "max_completion_tokens"),
+        ("http://127.0.0.1:8080/v1", {}, "max_tokens"),
+        ("https://api.openai.com/v1", {"token_limit_field": "max_tokens"}, "max_tokens"),
+        (
+            "http://127.0.0.1:8080/v1",
+            {"token_limit_field": "max_completion_tokens"},
+            "max_completion_tokens",
+        ),
+    ],
+)
+async def test_openai_token_limit_field_follows_the_target(base_url, config, field):
+    server = Server(httpx.Response(200, json=OPENAI_REPLY))
+    settings = SETTINGS.evolve(openai_base_url=base_url)
+    provider = OpenAIProvider(settings, config, transport=httpx.MockTransport(server))
+    try:
+        await provider.complete(LLMRequest(model="m", prompt="hi", max_tokens=99))
+    finally:
+        await provider.aclose()
+    assert {field: 99} == {k: v for k, v in server.body.items() if "tokens" in k}
+
+
+@pytest.mark.parametrize("name", NAMES)
+async def test_omit_removes_a_field_the_provider_would_send(name):
+    replies = {"openai": OPENAI_REPLY, "anthropic": ANTHROPIC_REPLY, "ollama": OLLAMA_REPLY}
+    async with serving(name, httpx.Response(200, json=replies[name])) as (provider, server):
+        request = LLMRequest(model="m", prompt="hi", temperature=0.5, omit=("temperature",))
+        await provider.complete(request)
+    assert "temperature" not in server.body
+
+
+async def test_anthropic_version_is_a_setting():
+    settings = SETTINGS.evolve(anthropic_version="2099-01-01")
+    async with serving(
+        "anthropic", httpx.Response(200, json=ANTHROPIC_REPLY), settings=settings
+    ) as (
+        provider,
+        server,
+    ):
+        await provider.complete(LLMRequest(model="m", prompt="hi"))
+    assert "2099-01-01" == server.requests[0].headers["anthropic-version"]
+    assert "2023-06-01" == Settings().anthropic_version
+
+
+# -- the cause of a failure -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "error_type", "cls"),
+    [
+        ("openai", "invalid_request_error", PermanentProviderError),
+        ("openai", "server_error", ProviderStreamError),
+        ("anthropic", "authentication_error", PermanentProviderError),
+        ("anthropic", "overloaded_error", ProviderStreamError),
+    ],
+)
+async def test_a_200_carrying_an_error_object_fails_with_the_providers_message(
+    name, error_type, cls
+):
+    body = error_body(name, "the model said no", error_type)
+    error = await failure(name, httpx.Response(200, json=body))
+    assert cls is type(error)
+    assert re.match(
+        rf"^{name}: error in a 200 answer: the model said no \(.*{error_type}", str(error)
+    )
+
+
+@pytest.mark.parametrize(
+    ("error_type", "cls"),
+    [
+        ("invalid_request_error", PermanentProviderError),
+        ("authentication_error", PermanentProviderError),
+        ("rate_limit_exceeded", RateLimitError),
+        ("server_error", ProviderStreamError),
+    ],
+)
+async def test_an_openai_error_inside_a_stream_is_classified_by_its_type(error_type, cls):
+    chunk = {"choices": [{"index": 0, "delta": {"content": "he"}}]}
+    body = sse(chunk, {"error": {"message": "stop there", "type": error_type, "code": None}})
+    error = await failure("openai", httpx.Response(200, content=body), stream=True)
+    assert cls is type(error)
+    assert str(error).startswith("openai: error in stream: stop there")
+
+
+# -- answers in the other mode ---------------------------------------------------------
+
+
+async def test_a_plain_json_answer_to_a_streamed_request_is_read():
+    reply = httpx.Response(200, json=OPENAI_REPLY)  # application/json, though we asked to stream
+    response = await call("openai", reply, stream=True)
+    assert (OPENAI_REPLY["choices"][0]["message"]["content"], False) == (
+        response.text,
+        response.streamed,
+    )
+
+
+async def test_a_stream_answering_a_plain_request_is_read():
+    body = sse({"choices": [{"index": 0, "delta": {"content": "streamed"}}]}, "[DONE]")
+    reply = httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    response = await call("openai", reply, stream=False)
+    assert ("streamed", True) == (response.text, response.streamed)
+
+
+async def test_heard_is_called_for_the_headers_and_every_line():
+    body = sse(*({"choices": [{"index": 0, "delta": {"content": w}}]} for w in "abc"), "[DONE]")
+    calls = []
+    async with serving(
+        "openai",
+        httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}),
+    ) as (provider, _):
+        await provider.complete(
+            LLMRequest(model="m", prompt="hi", stream=True), heard=lambda: calls.append(1)
+        )
+    # The headers, then each of the 4 events' data line and blank line.
+    assert 1 + 8 == len(calls)

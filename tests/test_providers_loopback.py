@@ -14,14 +14,15 @@ import trio
 
 from runner.config import Settings
 from runner.errors import (
+    MalformedResponseError,
     PermanentProviderError,
     ProviderConnectionError,
+    ProviderStreamError,
     ProviderTimeoutError,
     RateLimitError,
     RetryableProviderError,
 )
 from runner.providers import LLMRequest, create_provider
-from runner.providers._http import MalformedResponseError, ProviderStreamError
 from runner.testing import (
     Drop,
     Fail,

@@ -52,8 +52,16 @@ def test_retry_after_is_honoured():
     assert 7.0 == policy.delay(4, retry_after=7.0, random=lambda: 0.0)
 
 
-def test_retry_after_is_capped():
-    assert 30.0 == RetryPolicy(cap_s=30.0).delay(1, retry_after=3600.0)
+def test_retry_after_is_honoured_exactly_above_the_cap():
+    # Never earlier than the server asks; waiting too long is `waits_too_long`'s call.
+    assert 45.0 == RetryPolicy(cap_s=30.0).delay(1, retry_after=45.0)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "too_long"), [(None, False), (120.0, False), (120.5, True)]
+)
+def test_waits_too_long_above_retry_after_max(retry_after, too_long):
+    assert too_long == RetryPolicy(retry_after_max_s=120.0).waits_too_long(retry_after)
 
 
 @pytest.mark.parametrize("retry_after", [0.0, -1.0])

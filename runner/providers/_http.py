@@ -2,37 +2,22 @@
 
 A provider subclasses `HTTPProvider` and describes its wire format (URL,
 headers, body, how to read a reply or a stream line); this module does the
-rest: the `httpx.AsyncClient`, a response closed however the call ends,
-`Retry-After`, SSE / NDJSON lines, and failures translated into the
-`ProviderError` tree by the official SDKs' rules:
-
-==========================================  =====================================
-what came back                              raised
-==========================================  =====================================
-``x-should-retry: true`` / ``false``        retryable / permanent, whatever else
-error code for no quota, billing, or        `PermanentProviderError`
-context too long (see _PERMANENT_CODES)
-429 naming a spend or usage limit           `PermanentProviderError`
-429                                         `RateLimitError`
-408, 409, 5xx (529 included)                `RetryableProviderError`
-other non-2xx (400, 401, 403, 404, 422...)  `PermanentProviderError`
-timeout / broken or refused connection      `ProviderTimeoutError` / `ProviderConnectionError`
-2xx body we cannot read                     `MalformedResponseError` (retryable)
-error inside a 200 stream                   `ProviderStreamError` (retryable) unless
-                                            the rules above say otherwise
-==========================================  =====================================
+rest: the `httpx.AsyncClient`, a response closed however the call ends, the
+answer read as it came (a server may answer plain JSON to `stream: true`, or a
+stream to a plain request: the content type says which), `heard()` for every
+piece that arrives, and failures turned into the `ProviderError` tree
+(`_failures.py`): a timeout or a broken connection is `ProviderTimeoutError` /
+`ProviderConnectionError`, a 2xx body we cannot read `MalformedResponseError`.
 """
 
 from __future__ import annotations
 
 import abc
-import email.utils
 import functools
 import json
 import re
 import ssl
-import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -42,90 +27,32 @@ import trio
 from ..config import Settings
 from ..errors import (
     MalformedResponseError,
-    PermanentProviderError,
     ProviderConnectionError,
     ProviderError,
     ProviderStreamError,
     ProviderTimeoutError,
-    RateLimitError,
     RetryableProviderError,
 )
 from ._clients import ClientPool
-from .base import LLMRequest, LLMResponse
+from ._failures import STATUS_OF_ERROR_TYPE, classify, error_details, label, parse_retry_after
+from .base import Heard, LLMRequest, LLMResponse
 
-__all__ = [
-    "Draft",
-    "HTTPProvider",
-    "SSEDecoder",
-    "SSEEvent",
-    "classify",
-    "ndjson_lines",
-    "parse_retry_after",
-    "sse_lines",
-    "tokens",
-]
+__all__ = ["Draft", "HTTPProvider", "tokens"]
 
 _E = TypeVar("_E", bound=ProviderError)
 
+
+def _nothing() -> None:
+    """The default `heard`: nobody listens."""
+
+
 # json pairs up valid surrogate escapes, so any surrogate left in a str is half a pair.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-# Codes that mean "this will fail the same way next time", whatever the status.
-_PERMANENT_CODES = frozenset({"insufficient_quota", "context_length_exceeded", "billing_error"})
-# A 429 that is about money, not speed: waiting a few seconds will not help.
-_SPEND_LIMIT = re.compile(r"spend(ing)? limit|usage limit|credit balance", re.IGNORECASE)
 # What a body of the wrong shape raises while we pick it apart.
 _PARSE_ERRORS = (LookupError, TypeError, AttributeError, ValueError)
 _MAX_MESSAGE_CHARS = 500
-
-
-def classify(
-    status: int | None,
-    codes: Collection[str] = (),
-    message: str = "",
-    should_retry: str | None = None,
-) -> type[ProviderError]:
-    """Which `ProviderError` a failure is; `status` is None for an error inside a stream."""
-    flag = (should_retry or "").strip().lower()
-    if flag == "true":
-        return RateLimitError if status == 429 else RetryableProviderError
-    if flag == "false":
-        return PermanentProviderError
-    if _PERMANENT_CODES.intersection(codes):
-        return PermanentProviderError
-    if status == 429:
-        return PermanentProviderError if _SPEND_LIMIT.search(message) else RateLimitError
-    if status is None:
-        return ProviderStreamError
-    if status in (408, 409) or status >= 500:
-        return RetryableProviderError
-    return PermanentProviderError
-
-
-def parse_retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
-    """The delay in seconds the server asked for, or None.
-
-    `retry-after-ms` wins over `retry-after` (seconds, or an HTTP-date). Like
-    the official SDKs, only 0 < delay <= 60 is trusted; anything else is left
-    to our own backoff.
-    """
-    delay: float | None = None
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            delay = float(raw_ms) / 1000
-        except ValueError:
-            delay = None
-    raw = headers.get("retry-after")
-    if delay is None and raw is not None:
-        try:
-            delay = float(raw)
-        except ValueError:
-            parsed = email.utils.parsedate_tz(raw)
-            if parsed is not None:
-                delay = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
-    if delay is None or not 0 < delay <= 60:
-        return None
-    return delay
+# Content types of the streams the three APIs send (SSE; Ollama's NDJSON).
+_STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl")
 
 
 def tokens(value: object) -> int | None:
@@ -144,67 +71,6 @@ class Draft:
     input_tokens: int | None = None
     output_tokens: int | None = None
     finish_reason: str | None = None
-
-
-@attrs.frozen
-class SSEEvent:
-    event: str
-    data: str
-
-
-class SSEDecoder:
-    """Turns server-sent-event lines into events (the WHATWG rules we need)."""
-
-    def __init__(self) -> None:
-        self._event = ""
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> SSEEvent | None:
-        """Take one line (without its newline); return an event when a blank line ends one."""
-        if not line:
-            event = None
-            if self._data:  # a blank line after no data dispatches nothing
-                event = SSEEvent(self._event or "message", "\n".join(self._data))
-            self._event, self._data = "", []
-            return event
-        if line.startswith(":"):  # a comment, used as a keep-alive
-            return None
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            self._event = value
-        elif field == "data":
-            self._data.append(value)
-        return None
-
-
-def sse_lines(on_event: Callable[[SSEEvent], bool]) -> Callable[[str], bool]:
-    """Adapt an event handler (returns True when the reply is complete) to a line handler."""
-    decoder = SSEDecoder()
-
-    def on_line(line: str) -> bool:
-        event = decoder.feed(line)
-        return event is not None and on_event(event)
-
-    return on_line
-
-
-def ndjson_lines(on_object: Callable[[Any], bool]) -> Callable[[str], bool]:
-    """Adapt a handler of parsed JSON objects to a line handler, skipping blank lines."""
-
-    def on_line(line: str) -> bool:
-        return bool(line.strip()) and on_object(json.loads(line))
-
-    return on_line
-
-
-def _error_details(error: object) -> tuple[str, set[str]]:
-    # Covers `{"message", "type", "code"}` (OpenAI, Anthropic) and a bare string (Ollama).
-    if isinstance(error, dict):
-        codes = {v for k in ("type", "code") if isinstance(v := error.get(k), str) and v}
-        message = error.get("message")
-        return (message if isinstance(message, str) else json.dumps(error)), codes
-    return str(error), set()
 
 
 class HTTPProvider(abc.ABC):
@@ -230,8 +96,10 @@ class HTTPProvider(abc.ABC):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        # `config` is the pipeline's [providers.NAME] table: nothing in it concerns the
-        # wire (max_concurrency and stream are the supervisor's and the step's business).
+        # `config` is the pipeline's [providers.NAME] table: `max_concurrency` and `stream`
+        # are the lane's business; a provider reads what concerns its wire format.
+        self.config: Mapping[str, Any] = config or {}
+        self.settings = settings
         self.base_url = str(getattr(settings, self.base_url_setting)).rstrip("/")
         key = getattr(settings, self.api_key_setting) if self.api_key_setting else None
         self._api_key: str | None = key or None
@@ -262,12 +130,15 @@ class HTTPProvider(abc.ABC):
         """A function that takes each line of a stream and says when the reply is complete."""
         raise NotImplementedError
 
-    async def complete(self, request: LLMRequest) -> LLMResponse:
-        """Make one attempt; raise a `ProviderError` on failure (see the module docstring)."""
+    async def complete(self, request: LLMRequest, *, heard: Heard = _nothing) -> LLMResponse:
+        """Make one attempt; raise a `ProviderError` on failure (see the module docstring).
+
+        `heard()` is called when the headers arrive and for every piece of the body.
+        """
         draft = Draft(model=request.model)
         try:
             with self._clients.lease() as client:
-                return await self._attempt(client, request, draft)
+                return await self._attempt(client, request, draft, heard)
         except httpx.TimeoutException as exc:
             raise self._error(ProviderTimeoutError, f"timed out ({_describe(exc)})") from exc
         except httpx.TransportError as exc:
@@ -277,7 +148,7 @@ class HTTPProvider(abc.ABC):
             raise self._malformed(exc) from exc
 
     async def _attempt(
-        self, client: httpx.AsyncClient, request: LLMRequest, draft: Draft
+        self, client: httpx.AsyncClient, request: LLMRequest, draft: Draft, heard: Heard
     ) -> LLMResponse:
         # `stream()` even for a plain reply: its `async with` closes the response
         # however we leave, so a cancelled call frees its connection.
@@ -291,28 +162,49 @@ class HTTPProvider(abc.ABC):
             if request.timeout_s
             else httpx.USE_CLIENT_DEFAULT,
         ) as response:
+            heard()
             if not response.is_success:
                 await response.aread()
                 raise self._status_error(response)
-            if request.stream:
-                await self._read_lines(response, self._line_handler(draft))
+            # Read the answer as it came, whatever was asked: some servers ignore `stream`.
+            content_type = response.headers.get("content-type", "")
+            streamed = content_type.startswith(_STREAM_TYPES) or (
+                request.stream and not content_type.startswith("application/json")
+            )
+            if streamed:
+                await self._read_lines(response, self._line_handler(draft), heard)
             else:
-                body = await response.aread()
+                data = await self._read_json(response, heard)
+                if isinstance(data, dict) and data.get("error"):
+                    raise self._error_object(data["error"], "error in a 200 answer")
                 try:
-                    self._parse(json.loads(body), draft)
+                    self._parse(data, draft)
                 except _PARSE_ERRORS as exc:
                     raise self._malformed(exc) from exc
-            return self._finish(response, draft)
+            return self._finish(response, draft, streamed=streamed)
+
+    async def _read_json(self, response: httpx.Response, heard: Heard) -> Any:
+        chunks = []
+        async for chunk in response.aiter_bytes():
+            heard()
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except ValueError as exc:
+            raise self._malformed(exc) from exc
 
     async def aclose(self) -> None:
         """Close the provider's connections."""
         await self._clients.aclose()
 
-    async def _read_lines(self, response: httpx.Response, on_line: Callable[[str], bool]) -> None:
+    async def _read_lines(
+        self, response: httpx.Response, on_line: Callable[[str], bool], heard: Heard
+    ) -> None:
         done = False
         failure: ProviderError | None = None
         with trio.CancelScope() as rest_of_stream:
             async for line in response.aiter_lines():
+                heard()
                 # Never break out of httpx's iterators: a half-read async
                 # generator is finalized by the garbage collector, and trio
                 # warns about it. After the end we read on (the server closes
@@ -334,7 +226,7 @@ class HTTPProvider(abc.ABC):
         if not done:
             raise self._error(ProviderConnectionError, "stream ended before the reply was complete")
 
-    def _finish(self, response: httpx.Response, draft: Draft) -> LLMResponse:
+    def _finish(self, response: httpx.Response, draft: Draft, *, streamed: bool) -> LLMResponse:
         header = self.request_id_header
         # JSON may carry half a surrogate pair (a model cut mid-emoji): such a str cannot be
         # encoded to UTF-8 for the output file or the cache, so it becomes U+FFFD here.
@@ -347,6 +239,7 @@ class HTTPProvider(abc.ABC):
             finish_reason=draft.finish_reason,
             status=response.status_code,
             request_id=response.headers.get(header) if header else None,
+            streamed=streamed,
         )
 
     def _error(
@@ -368,30 +261,34 @@ class HTTPProvider(abc.ABC):
         status = response.status_code
         try:
             data = response.json()
-            message, codes = _error_details(data["error"])
+            message, codes = error_details(data["error"])
         except _PARSE_ERRORS:
             # Not the provider's JSON (a proxy's HTML page, an empty body...).
             message, codes = " ".join(response.text.split()), set()
         cls = classify(status, codes, message, response.headers.get("x-should-retry"))
         return self._error(
             cls,
-            f"{status} {_label(message or response.reason_phrase, codes)}",
+            f"{status} {label(message or response.reason_phrase, codes)}",
             status=status,
             retry_after=parse_retry_after(response.headers),
         )
 
-    def _stream_error(self, error: object, *, as_status: int | None = None) -> ProviderError:
-        """The error for `error` reported inside a 200 stream (or 200 body).
+    def _error_object(self, error: object, where: str = "error in stream") -> ProviderError:
+        """The error for an error object reported inside a 200 stream or 200 body.
 
-        `as_status` is the status the provider documents for this error type
-        outside a stream; it picks the class, but the error's `status` stays
-        None since the HTTP status really was 200.
+        The status its type has outside a 200 (`STATUS_OF_ERROR_TYPE`) picks the
+        class, as it would for that status; the error's `status` stays None since
+        the HTTP status really was 200. A type that says nothing: a retryable
+        `ProviderStreamError`.
         """
-        message, codes = _error_details(error)
+        message, codes = error_details(error)
+        as_status = next(
+            (STATUS_OF_ERROR_TYPE[c] for c in codes if c in STATUS_OF_ERROR_TYPE), None
+        )
         cls = classify(as_status, codes, message)
         if cls is RetryableProviderError:
             cls = ProviderStreamError
-        return self._error(cls, f"error in stream: {_label(message, codes)}")
+        return self._error(cls, f"{where}: {label(message, codes)}")
 
     def _malformed(self, exc: Exception) -> MalformedResponseError:
         return self._error(MalformedResponseError, f"malformed response ({_describe(exc)})")
@@ -402,10 +299,6 @@ def _shared_ssl_context() -> ssl.SSLContext:
     # Building a context (loading the CA bundle) takes ~30-130 ms here: once per process,
     # not once per provider per job. httpx's own helper keeps SSL_CERT_FILE/DIR working.
     return httpx.create_ssl_context()
-
-
-def _label(message: str, codes: set[str]) -> str:
-    return f"{message} ({', '.join(sorted(codes))})" if codes else message
 
 
 def _describe(exc: Exception) -> str:

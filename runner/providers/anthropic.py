@@ -10,26 +10,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ._http import Draft, HTTPProvider, SSEEvent, sse_lines, tokens
+from ._http import Draft, HTTPProvider, tokens
+from ._lines import SSEEvent, sse_lines
 from .base import LLMRequest
 
 __all__ = ["AnthropicProvider"]
 
-API_VERSION = "2023-06-01"
-
-# The status each error type has outside a stream; it decides how an `event:
-# error` inside a 200 stream is treated (overloaded_error is their 529).
-_STATUS_OF_ERROR_TYPE = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "overloaded_error": 529,
-}
+# The API requires max_tokens: what is sent when the pipeline sets none.
+DEFAULT_MAX_TOKENS = 2048
 
 
 class AnthropicProvider(HTTPProvider):
@@ -38,13 +26,15 @@ class AnthropicProvider(HTTPProvider):
     name = "anthropic"
     base_url_setting = "anthropic_base_url"
     api_key_setting = "anthropic_api_key"
+    api_key_variable = "ANTHROPIC_API_KEY"
+    official_host = "api.anthropic.com"
     request_id_header = "request-id"
 
     def _url(self) -> str:
         return f"{self.base_url}/v1/messages"
 
     def _headers(self) -> dict[str, str]:
-        headers = {"anthropic-version": API_VERSION}
+        headers = {"anthropic-version": self.settings.anthropic_version}
         if self._api_key:
             headers["x-api-key"] = self._api_key
         return headers
@@ -52,10 +42,14 @@ class AnthropicProvider(HTTPProvider):
     def _body(self, request: LLMRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
-            "max_tokens": request.max_tokens,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
             "messages": [{"role": "user", "content": request.prompt}],
-            "temperature": request.temperature,
         }
+        # Only what the pipeline sets: models from Opus 4.7 on refuse any temperature.
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
         # There is no system role: the system prompt is a top-level field.
         if request.system:
             body["system"] = request.system
@@ -63,8 +57,9 @@ class AnthropicProvider(HTTPProvider):
             body["stop_sequences"] = list(request.stop)
         # No `seed`: the API has none, and rejects unknown fields.
         body.update(request.options)
-        # Set last: the reply is parsed as a stream or not according to request.stream.
         body["stream"] = request.stream
+        for field in request.omit:
+            body.pop(field, None)
         return body
 
     def _parse(self, data: Any, draft: Draft) -> None:
@@ -79,10 +74,7 @@ class AnthropicProvider(HTTPProvider):
             # The event line names the event; a proxy that drops it leaves `type`.
             kind = data.get("type") if event.event == "message" else event.event
             if kind == "error":
-                error = data["error"]
-                raise self._stream_error(
-                    error, as_status=_STATUS_OF_ERROR_TYPE.get(error.get("type"))
-                )
+                raise self._error_object(data["error"])
             if kind == "message_start":
                 message = data["message"]
                 draft.model = message.get("model") or draft.model

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["LLMRequest", "LLMResponse", "Provider"]
+__all__ = ["Heard", "LLMRequest", "LLMResponse", "Provider"]
 
 
 @attrs.frozen
 class LLMRequest:
     """One call to a model: the rendered prompt and every parameter that shapes the output.
 
+    A generation parameter left as None (or empty) is not sent: the model uses its own
+    default. `omit` names fields the provider would otherwise send, to leave out.
     `step` names the pipeline step making the call (the fake provider uses it to
     find a scripted reply). `options` holds provider-specific extras, sent as is.
     """
@@ -21,20 +23,26 @@ class LLMRequest:
     model: str
     prompt: str
     system: str | None = None
-    temperature: float = 0.0
-    max_tokens: int = 2048
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    omit: tuple[str, ...] = ()
     stream: bool = False
     step: str = ""
-    #: The attempt's deadline; providers also bound their own I/O waits by it.
+    #: Seconds of silence (no byte) after which an attempt fails; providers bound their
+    #: own I/O waits by it too.
     timeout_s: float | None = None
 
 
 @attrs.frozen
 class LLMResponse:
-    """What came back. Token counts the provider did not report are `None`, never 0."""
+    """What came back. Token counts the provider did not report are `None`, never 0.
+
+    `streamed` says how the answer actually came (a server may ignore `stream`).
+    """
 
     text: str
     model: str
@@ -43,6 +51,12 @@ class LLMResponse:
     finish_reason: str | None = None
     status: int | None = None
     request_id: str | None = None
+    streamed: bool | None = None
+
+
+#: Called by a provider for every piece of an answer it receives: the attempt's
+#: silence deadline moves forward (see `ProviderLane`).
+Heard = Callable[[], None]
 
 
 @runtime_checkable
@@ -52,13 +66,15 @@ class Provider(Protocol):
     `complete()` makes exactly one attempt: it raises a `ProviderError`
     subclass on failure (`RetryableProviderError` or `PermanentProviderError`)
     and never retries by itself; retries, deadlines and the circuit breaker
-    are the caller's job. `base_url` goes into cache keys. `aclose()` releases
-    the provider's connections.
+    are the caller's job. It calls `heard()` whenever a piece of the answer
+    arrives (the headers, each chunk), so that the caller's deadline measures
+    silence, not the length of a healthy stream. `base_url` goes into cache keys.
+    `aclose()` releases the provider's connections.
     """
 
     name: str
     base_url: str
 
-    async def complete(self, request: LLMRequest) -> LLMResponse: ...
+    async def complete(self, request: LLMRequest, *, heard: Heard = ...) -> LLMResponse: ...
 
     async def aclose(self) -> None: ...

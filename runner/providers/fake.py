@@ -25,7 +25,7 @@ import trio
 
 from ..config import Settings
 from ..errors import PermanentProviderError
-from .base import LLMRequest, LLMResponse
+from .base import Heard, LLMRequest, LLMResponse
 
 __all__ = ["FakeProvider"]
 
@@ -45,7 +45,7 @@ class FakeProvider:
         self.errors: Mapping[str, str] = config.get("errors", {})
         self.latency_s = float(config.get("latency_s", 0.0))
 
-    async def complete(self, request: LLMRequest) -> LLMResponse:
+    async def complete(self, request: LLMRequest, *, heard: Heard | None = None) -> LLMResponse:
         if self.latency_s:
             await trio.sleep(self.latency_s)
         else:
@@ -58,7 +58,7 @@ class FakeProvider:
         prompt_chars = len(request.prompt) + len(request.system or "")
         output_tokens = _tokens(text)
         finish = "stop"
-        if output_tokens > request.max_tokens:
+        if request.max_tokens is not None and output_tokens > request.max_tokens:
             text, output_tokens, finish = (
                 text[: request.max_tokens * 4],
                 request.max_tokens,

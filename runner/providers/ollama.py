@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._http import Draft, HTTPProvider, ndjson_lines, tokens
+from ._http import Draft, HTTPProvider, tokens
+from ._lines import ndjson_lines
 from .base import LLMRequest
 
 __all__ = ["OllamaProvider"]
@@ -31,10 +32,14 @@ class OllamaProvider(HTTPProvider):
     def _body(self, request: LLMRequest) -> dict[str, Any]:
         messages = [{"role": "system", "content": request.system}] if request.system else []
         messages.append({"role": "user", "content": request.prompt})
-        options: dict[str, Any] = {
-            "temperature": request.temperature,
-            "num_predict": request.max_tokens,
-        }
+        # Only what the pipeline sets; the model's own Modelfile decides the rest.
+        options: dict[str, Any] = {}
+        if request.temperature is not None:
+            options["temperature"] = request.temperature
+        if request.top_p is not None:
+            options["top_p"] = request.top_p
+        if request.max_tokens is not None:
+            options["num_predict"] = request.max_tokens
         if request.seed is not None:
             options["seed"] = request.seed
         if request.stop:
@@ -42,9 +47,12 @@ class OllamaProvider(HTTPProvider):
         body: dict[str, Any] = {"model": request.model, "messages": messages}
         for key, value in request.options.items():
             (body if key in _TOP_LEVEL_OPTIONS else options)[key] = value
-        body["options"] = options
+        if options:
+            body["options"] = options
         # Always explicit: Ollama streams unless told not to.
         body["stream"] = request.stream
+        for field in request.omit:
+            body.pop(field, None)
         return body
 
     def _parse(self, data: Any, draft: Draft) -> None:
@@ -56,7 +64,7 @@ class OllamaProvider(HTTPProvider):
     def _read_object(self, data: Any, draft: Draft) -> bool:
         # An error can arrive as a line of a 200 stream: look for it before `done`.
         if data.get("error"):
-            raise self._stream_error(data["error"])
+            raise self._error_object(data["error"])
         draft.parts.append(data["message"].get("content") or "")
         draft.model = data.get("model") or draft.model
         if not data.get("done"):
