@@ -28,6 +28,7 @@ from runner.testing import (
     Fail,
     Hang,
     Malformed,
+    ModelRules,
     Reply,
     Stall,
     StreamError,
@@ -230,3 +231,58 @@ async def test_many_concurrent_calls_are_spread_over_small_pools():
         # Calls one after another reuse the first client instead of growing the pool.
         await provider.complete(request())
         assert 3 == provider._clients.size
+
+
+# -- what goes on the wire, as today's models accept it ---------------------------------
+
+
+@asynccontextmanager
+async def open_strict(name, *, config=None, **server_options):
+    async with open_fake_llm_server(api_key="sk-strict", **server_options) as server:
+        settings = Settings(
+            openai_api_key="sk-strict",
+            openai_base_url=server.openai_base_url,
+            anthropic_api_key="sk-strict",
+            anthropic_base_url=server.anthropic_base_url,
+        )
+        provider = create_provider(name, settings, config or {})
+        try:
+            yield provider, server
+        finally:
+            await provider.aclose()
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_temperature_goes_on_the_wire_only_as_set(name):
+    async with open_strict(name) as (provider, server):
+        await provider.complete(request())
+        await provider.complete(request(temperature=0.3))
+    unset, set_ = (r.body for r in server.requests)
+    assert ("temperature" in unset, set_["temperature"]) == (False, 0.3)
+
+
+async def test_a_model_that_refuses_temperature_answers_when_none_is_sent():
+    rules = {"claude-opus-5": ModelRules(rejects=("temperature",))}
+    async with open_strict("anthropic", models=rules) as (provider, server):
+        server.script(Reply("fine"))
+        ok = await provider.complete(LLMRequest(model="claude-opus-5", prompt="hi"))
+        with pytest.raises(PermanentProviderError, match="`temperature` is deprecated"):
+            await provider.complete(LLMRequest(model="claude-opus-5", prompt="hi", temperature=0.2))
+    assert "fine" == ok.text
+
+
+@pytest.mark.parametrize(
+    ("config", "answered"),
+    [({}, False), ({"token_limit_field": "max_completion_tokens"}, True)],
+)
+async def test_a_reasoning_model_needs_max_completion_tokens(config, answered):
+    # A compatible server gets `max_tokens` by default; a model that refuses it needs the
+    # setting (OpenAI's own API gets max_completion_tokens without it).
+    rules = {"o9": ModelRules(rejects=("max_tokens",))}
+    async with open_strict("openai", config=config, models=rules) as (provider, _):
+        call = provider.complete(LLMRequest(model="o9", prompt="hi", max_tokens=50))
+        if answered:
+            assert "" != (await call).text
+        else:
+            with pytest.raises(PermanentProviderError, match="Use 'max_completion_tokens'"):
+                await call

@@ -187,3 +187,38 @@ def test_runner_run_two_steps_against_the_real_server(server_url: str, tmp_path:
     assert [] == leaks
     for text in (run.stdout, run.stderr, shown.stdout, shown.stderr):
         assert API_KEY not in text
+
+
+async def test_a_stream_longer_than_the_silence_timeout_succeeds_with_no_temperature(
+    server_url: str, tmp_path: Path
+) -> None:
+    # No temperature set, so none is sent; the answer streams for longer than
+    # PROVIDER_TIMEOUT_S, which bounds only the gaps between its chunks.
+    from runner import Pipeline, Step, run_dag
+
+    silence_s = 0.5
+    pipeline = Pipeline(
+        name="long",
+        steps=[
+            # llama.cpp's ignore_eos: all 600 tokens come, however soon the model would stop.
+            Step(
+                "count",
+                prompt="Count from 1 to 500, one number per line.",
+                max_tokens=600,
+                options={"ignore_eos": True},
+            )
+        ],
+        defaults={"provider": "openai", "model": MODEL},
+        providers={"openai": {"stream": True}},
+    )
+    settings = openai_settings(server_url).evolve(provider_timeout_s=silence_s, max_retries=0)
+    result = await run_dag(pipeline, runs_dir=tmp_path / "runs", settings=settings)
+    assert "succeeded" == result.status
+    events = [
+        json.loads(line)
+        for line in (result.run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    [response] = [e for e in events if e["type"] == "llm.response"]
+    # The premise: generation took longer than the timeout, in one attempt.
+    assert (1, True) == (response["data"]["attempt"], response["data"]["latency_s"] > silence_s)
+    assert 600 == response["data"]["output_tokens"]

@@ -19,7 +19,7 @@ import pytest
 from helpers import events
 
 from runner import Pipeline, Settings, Step, run_dag
-from runner.testing import Fail, Hang, Reply, fail_times, open_fake_llm_server
+from runner.testing import Fail, Hang, Reply, Stall, StreamError, fail_times, open_fake_llm_server
 
 BREAKER_EVENTS = ("breaker.opened", "breaker.half_open", "breaker.closed")
 
@@ -418,3 +418,171 @@ async def test_calls_queued_behind_max_concurrency_do_not_pass_an_open_breaker(
     assert ["breaker.opened"] == breaker_events(log)
     refused = [e for e in of_type(log, "step.failed") if e["data"]["error"] == "CircuitOpenError"]
     assert 6 == len(refused)
+
+
+# -- time out on silence, not on a live stream ----------------------------------------
+
+
+async def test_a_slow_healthy_stream_longer_than_the_timeout_succeeds(runs_dir: Path) -> None:
+    # A chunk every 0.3 s for about 3 s, with 1 s allowed between chunks.
+    text = " ".join(f"w{i}" for i in range(10))
+    async with open_fake_llm_server() as server:
+        server.script(Reply(text, chunk_delay_s=0.3))
+        result = await run_dag(
+            openai_pipeline(Step("ask", prompt="hello", retries=0), stream=True),
+            runs_dir=runs_dir,
+            settings=settings_for(server, provider_timeout_s=1.0),
+        )
+    assert ("succeeded", text) == (result.status, result.outputs["ask"])
+    assert 1 == len(server.requests)
+
+
+async def test_a_stream_that_goes_silent_fails_that_attempt_on_silence(runs_dir: Path) -> None:
+    async with open_fake_llm_server() as server:
+        server.script(Stall(after_chunks=1, resume_after_s=2.0), Reply("second time"))
+        result = await run_dag(
+            openai_pipeline(Step("ask", prompt="hello"), stream=True),
+            runs_dir=runs_dir,
+            settings=settings_for(server, provider_timeout_s=1.0, retry_cap_s=0.01),
+        )
+    assert ("succeeded", "second time") == (result.status, result.outputs["ask"])
+    log = events(result.run_dir)
+    [failed_attempt] = [e for e in of_type(log, "llm.response") if e["data"]["attempt"] == 1]
+    assert ("timeout", "openai: timed out after 1s without a byte") == (
+        failed_attempt["data"]["status"],
+        failed_attempt["data"]["error"],
+    )
+    # The retry went out within the silence (1 s) plus a little, not after the 2 s stall.
+    first, second = server.requests
+    assert second.received_at - first.received_at < 2.0
+
+
+async def test_the_attempt_cap_bounds_a_stream_that_trickles_forever(runs_dir: Path) -> None:
+    text = " ".join(f"w{i}" for i in range(50))
+    async with open_fake_llm_server() as server:
+        server.script(Reply(text, chunk_delay_s=0.1))
+        result = await run_dag(
+            openai_pipeline(Step("ask", prompt="hello", attempt_cap_s=0.5, retries=0), stream=True),
+            runs_dir=runs_dir,
+            settings=settings_for(server, provider_timeout_s=1.0),
+        )
+    [failed] = of_type(events(result.run_dir), "step.failed")
+    assert "openai: timed out: the attempt took more than 0.5s in all" == failed["data"]["message"]
+
+
+# -- wait as long as the server asks --------------------------------------------------
+
+
+async def test_retry_after_above_the_backoff_cap_is_waited_for_in_full(runs_dir: Path) -> None:
+    async with open_fake_llm_server() as server:
+        server.script(Fail(429, retry_after="3"), Reply("ok"))
+        result = await run_dag(
+            openai_pipeline(Step("ask", prompt="hello")),
+            runs_dir=runs_dir,
+            settings=settings_for(server, retry_cap_s=1.0),
+        )
+    assert "succeeded" == result.status
+    first, second = server.requests
+    assert second.received_at - first.received_at >= 3.0
+    [retry] = of_type(events(result.run_dir), "llm.retry")
+    assert (3.0, "server") == (retry["data"]["delay_s"], retry["data"]["delay_from"])
+
+
+async def test_a_server_asking_for_too_long_fails_the_step_at_once(runs_dir: Path) -> None:
+    async with open_fake_llm_server() as server:
+        server.script(Fail(429, retry_after="500"), Reply("never asked for"))
+        result = await run_dag(
+            openai_pipeline(Step("ask", prompt="hello", retries=3)),
+            runs_dir=runs_dir,
+            settings=settings_for(server),
+        )
+    assert ("failed", 1) == (result.status, len(server.requests))
+    [failed] = of_type(events(result.run_dir), "step.failed")
+    assert re.match(
+        r"^openai: 429 .*; the server asked to wait 500s before trying again, more than "
+        r"RUNNER_RETRY_AFTER_MAX_S \(120s\): run the job again later with --resume$",
+        failed["data"]["message"],
+    )
+    assert 1 == failed["data"]["attempts"]
+
+
+# -- keep the cause of every failure ---------------------------------------------------
+
+
+async def test_a_200_carrying_an_error_fails_with_the_providers_message(runs_dir: Path) -> None:
+    async with open_fake_llm_server() as server:
+        server.script(Fail(200, "you sent nonsense", error_type="invalid_request_error"))
+        result = await run_dag(
+            openai_pipeline(Step("ask", prompt="hello")),
+            runs_dir=runs_dir,
+            settings=settings_for(server),
+        )
+    [failed] = of_type(events(result.run_dir), "step.failed")
+    assert ("PermanentProviderError", 1) == (failed["data"]["error"], len(server.requests))
+    assert failed["data"]["message"].startswith("openai: error in a 200 answer: you sent nonsense")
+
+
+@pytest.mark.parametrize(
+    ("error_type", "requests", "error"),
+    [
+        ("invalid_request_error", 1, "PermanentProviderError"),
+        ("server_error", 4, "ProviderStreamError"),
+    ],
+)
+async def test_an_error_inside_a_stream_is_retried_only_when_its_type_says_so(
+    runs_dir: Path, error_type: str, requests: int, error: str
+) -> None:
+    async with open_fake_llm_server() as server:
+        server.script(*[StreamError(error_type=error_type, message="stop")] * 4)
+        result = await run_dag(
+            openai_pipeline(Step("ask", prompt="hello"), stream=True),
+            runs_dir=runs_dir,
+            settings=settings_for(server),
+        )
+    [failed] = of_type(events(result.run_dir), "step.failed")
+    assert (error, requests) == (failed["data"]["error"], len(server.requests))
+
+
+async def test_every_failed_attempt_says_why_and_an_open_breaker_names_the_cause(
+    runs_dir: Path,
+) -> None:
+    async with open_fake_llm_server() as server:
+        server.script(*fail_times(2, 503, message="upstream is down"))
+        result = await run_dag(
+            openai_pipeline(Step("ask", prompt="hello", retries=2)),
+            runs_dir=runs_dir,
+            settings=settings_for(server, cb_threshold=2, cb_cooldown_s=60.0),
+        )
+    log = events(result.run_dir)
+    errors = [e["data"].get("error") for e in of_type(log, "llm.response")]
+    assert ["openai: 503 upstream is down (server_error)"] * 2 == errors
+    [failed] = of_type(log, "step.failed")
+    assert re.match(
+        r"^circuit breaker for openai is open \(next try in .*s\) after: openai: 503 upstream",
+        failed["data"]["message"],
+    )
+
+
+# -- answers in the other mode ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("stream", "mode"), [(True, "json"), (False, "stream")])
+async def test_an_answer_in_the_other_mode_is_read_with_one_warning(
+    runs_dir: Path, stream: bool, mode: str
+) -> None:
+    steps = [Step(f"s{i}", prompt=f"q{i}", retries=0) for i in range(3)]
+    async with open_fake_llm_server() as server:
+        server.script(*[Reply(f"answer {i}", mode=mode) for i in range(3)])
+        result = await run_dag(
+            openai_pipeline(*steps, stream=stream),
+            runs_dir=runs_dir,
+            settings=settings_for(server),
+        )
+    assert "succeeded" == result.status
+    # Steps run side by side and take the scripted answers in any order.
+    assert [f"answer {i}" for i in range(3)] == sorted(result.outputs.values())
+    [warning] = of_type(events(result.run_dir), "llm.warning")
+    assert (
+        f"set stream = {'false' if stream else 'true'} in [providers.openai]"
+        in (warning["data"]["message"])
+    )

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 import h11
+import trio
 
 ProtocolName: TypeAlias = Literal["openai", "anthropic", "ollama"]
 
@@ -30,7 +31,9 @@ class RecordedRequest:
     """One request as the server received it, recorded before the server acted on it.
 
     `headers` has lowercased names; `body` is the parsed JSON (None when the
-    body is not JSON); `path` leaves out any query string.
+    body is not JSON); `path` leaves out any query string. `received_at` is
+    `trio.current_time()` when the whole request had arrived: tests compare the
+    times of two requests (a retry came no earlier than the server asked).
     """
 
     method: str
@@ -39,6 +42,7 @@ class RecordedRequest:
     body: Any
     raw_body: bytes
     protocol: ProtocolName
+    received_at: float = 0.0
 
     @property
     def prompt(self) -> str:
@@ -68,6 +72,7 @@ def record(head: h11.Request, raw_body: bytes) -> RecordedRequest:
         body=_parse_json(raw_body),
         raw_body=raw_body,
         protocol=_protocol_for(path, headers),
+        received_at=trio.current_time(),
     )
 
 
