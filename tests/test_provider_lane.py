@@ -361,14 +361,12 @@ async def test_cancellation_propagates_untouched(autojump_clock, channel):
 
 async def test_cancellation_during_backoff_propagates(autojump_clock, channel):
     emitter, events = channel
-    error = RetryableProviderError("scripted: http 503", provider="scripted", status=503)
+    # The server asks for 60 s, so the wait is certain to outlast the 3 s scope
+    # (a random backoff could be shorter than 3 s).
+    error = RetryableProviderError("scripted: http 503", provider="scripted", status=503, retry_after=60.0)
 
     with trio.move_on_after(3.0) as scope:
-        await call(
-            ScriptedProvider([error, OK]),
-            emitter,
-            policy=RetryPolicy(max_retries=1, base_s=100.0, cap_s=100.0),
-        )
+        await call(ScriptedProvider([error, OK]), emitter, policy=RetryPolicy(max_retries=1))
 
     assert scope.cancelled_caught
     assert ["llm.request", "llm.response", "llm.retry"] == [t for t, _ in drain(events)]
