@@ -363,7 +363,9 @@ async def test_cancellation_during_backoff_propagates(autojump_clock, channel):
     emitter, events = channel
     # The server asks for 60 s, so the wait is certain to outlast the 3 s scope
     # (a random backoff could be shorter than 3 s).
-    error = RetryableProviderError("scripted: http 503", provider="scripted", status=503, retry_after=60.0)
+    error = RetryableProviderError(
+        "scripted: http 503", provider="scripted", status=503, retry_after=60.0
+    )
 
     with trio.move_on_after(3.0) as scope:
         await call(ScriptedProvider([error, OK]), emitter, policy=RetryPolicy(max_retries=1))
