@@ -16,6 +16,7 @@ The tree::
         │   ├── MalformedResponseError    an answer that cannot be read
         │   └── ProviderStreamError       a stream that broke off or reported an error
         ├── PermanentProviderError        retrying would fail the same way
+        │   └── ProviderStartError        a local model server did not start
         └── CircuitOpenError              the provider's breaker refused the call
 
 Messages are short, lowercase, and name the thing that was wrong.
@@ -33,6 +34,7 @@ __all__ = [
     "PipelineError",
     "ProviderConnectionError",
     "ProviderError",
+    "ProviderStartError",
     "ProviderStreamError",
     "ProviderTimeoutError",
     "RateLimitError",
@@ -146,6 +148,21 @@ class ProviderStreamError(RetryableProviderError):
 
 class PermanentProviderError(ProviderError):
     """A failure that another attempt would repeat (bad request, auth, quota...)."""
+
+
+class ProviderStartError(PermanentProviderError):
+    """A model server `runner` starts itself (provider `local`) did not come up.
+
+    `log_tail` holds the last lines of the server's log, for the `provider.failed` event.
+    """
+
+    def __init__(self, message: str, *, provider: str, log_tail: list[str]) -> None:
+        super().__init__(message, provider=provider)
+        self.log_tail = log_tail
+
+    @property
+    def reason(self) -> str:
+        return "start_failed"
 
 
 class CircuitOpenError(ProviderError):

@@ -132,6 +132,16 @@ class EventEmitter:
         data = {"provider": provider, "model": model, "message": message}
         return await self._emit("llm.warning", step, "WARN", data)
 
+    async def provider_started(self, *, provider: str, model: str, **data: Any) -> Event:
+        data = {"provider": provider, "model": model, **data}
+        return await self._emit("provider.started", None, "INFO", data)
+
+    async def provider_failed(
+        self, *, provider: str, model: str, message: str, log_tail: list[str]
+    ) -> Event:
+        data = {"provider": provider, "model": model, "message": message, "log_tail": log_tail}
+        return await self._emit("provider.failed", None, "ERROR", data)
+
     async def breaker(self, transition: str, *, provider: str, failures: int) -> Event:
         # `transition` comes from the breaker: opened, half_open or closed.
         type = f"breaker.{transition}"

@@ -46,6 +46,9 @@ EVENT_TYPES: Mapping[str, Level] = {
     "llm.retry": "WARN",
     # Something about a provider's answers the pipeline should change (said once).
     "llm.warning": "WARN",
+    # A model server runner started itself (provider `local`), or why it did not start.
+    "provider.started": "INFO",
+    "provider.failed": "ERROR",
     "breaker.opened": "WARN",
     "breaker.half_open": "INFO",
     "breaker.closed": "INFO",

@@ -23,7 +23,7 @@ from .job_options import JobOptions
 from .job_state import SUCCEEDED, JobState, fold_log
 from .pipeline import Pipeline
 from .pipeline_files import pipeline_from_dict
-from .providers import check_api_keys
+from .providers import check_providers
 from .run_dir import RunDir
 from .supervisor import JobResult, Supervisor
 
@@ -124,7 +124,7 @@ async def open_job(
     """
     options = attrs.evolve(options or JobOptions(), **keywords)
     settings = options.settings or Settings.from_env()
-    check_api_keys(_llm_steps_by_provider(pipeline), settings)
+    check_providers(_llm_calls(pipeline), settings)
     job_id = options.job_id
     if job_id is None:
         if options.resume:
@@ -209,13 +209,14 @@ async def run_dag(
     return job.result
 
 
-def _llm_steps_by_provider(pipeline: Pipeline) -> dict[str, list[str]]:
-    steps: dict[str, list[str]] = {}
+def _llm_calls(pipeline: Pipeline) -> dict[tuple[str, str], list[str]]:
+    """(provider, model) -> the LLM steps that call it."""
+    calls: dict[tuple[str, str], list[str]] = {}
     for step in pipeline.steps:
-        provider = pipeline.resolved(step).provider
-        if step.fn is None and provider is not None:
-            steps.setdefault(provider, []).append(step.name)
-    return steps
+        resolved = pipeline.resolved(step)
+        if step.fn is None and resolved.provider is not None and resolved.model is not None:
+            calls.setdefault((resolved.provider, resolved.model), []).append(step.name)
+    return calls
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -29,7 +29,7 @@ __all__ = ["InputSpec", "Pipeline", "Step"]
 
 StepFunction = Callable[["StepContext"], Awaitable[str]]
 
-_PROVIDERS = ("fake", "openai", "anthropic", "ollama")
+_PROVIDERS = ("fake", "openai", "anthropic", "ollama", "local")
 # The names of the pipeline and its steps. \Z, not $: "$" also matches before a trailing newline.
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\Z")
 
@@ -83,6 +83,11 @@ _OPENAI_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         '"max_tokens" or "max_completion_tokens"',
     ),
 }
+_LOCAL_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "context_size": (lambda v: _is_int(v) and v >= 256, "a whole number of tokens >= 256"),
+    "threads": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
+    "start_timeout_s": (lambda v: _is_number(v) and v > 0, "a positive number of seconds"),
+}
 _FAKE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "latency_s": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
     "replies": (
@@ -97,7 +102,7 @@ _FAKE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Generation parameters have no built-in default: what a pipeline does not set is not
 # sent, and the model uses its own (current models refuse some parameters outright).
 # Each provider's own [providers.NAME] fields.
-_OWN_FIELDS = {"fake": _FAKE_FIELDS, "openai": _OPENAI_FIELDS}
+_OWN_FIELDS = {"fake": _FAKE_FIELDS, "openai": _OPENAI_FIELDS, "local": _LOCAL_FIELDS}
 _BUILTIN_DEFAULTS: dict[str, Any] = {"provider": "fake", "model": "echo"}
 
 
@@ -271,13 +276,25 @@ class Pipeline:
         }
 
     def with_overrides(self, *, provider: str | None = None, model: str | None = None) -> Pipeline:
-        """This pipeline with every LLM step on `provider` / `model` (`--provider`, `--model`)."""
+        """This pipeline with every LLM step on `provider` / `model` (`--provider`, `--model`).
+
+        A step moved to another provider leaves its `options` behind: they are extras
+        of one provider's API (llama.cpp's `grammar` would be refused by OpenAI).
+        """
         changes: dict[str, Any] = {
             k: v for k, v in (("provider", provider), ("model", model)) if v is not None
         }
         if not changes:
             return self
-        steps = [attrs.evolve(s, **changes) if s.fn is None else s for s in self.steps]
+        steps = []
+        for step in self.steps:
+            if step.fn is not None:
+                steps.append(step)
+                continue
+            resolved = self.resolved(step)
+            moved = provider is not None and resolved.provider != provider
+            step_changes = {**changes, "options": {}} if moved and resolved.options else changes
+            steps.append(attrs.evolve(step, **step_changes))
         return attrs.evolve(self, steps=steps)
 
     def to_json_bytes(self) -> bytes:

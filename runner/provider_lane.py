@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -31,11 +32,12 @@ from .config import Settings
 from .errors import (
     CircuitOpenError,
     ProviderError,
+    ProviderStartError,
     ProviderTimeoutError,
     RetryableProviderError,
 )
 from .event_writer import EventEmitter
-from .providers import LLMRequest, LLMResponse, Provider, create_provider
+from .providers import LLMRequest, LLMResponse, Provider, create_provider, max_concurrency
 from .retry import RetryPolicy
 
 __all__ = ["STREAM_ABOVE_MAX_TOKENS", "ProviderLane"]
@@ -59,19 +61,26 @@ class ProviderLane:
     #: `PROVIDER_ATTEMPT_CAP_S`: at most this long for a whole attempt (None: no cap).
     attempt_cap_s: float | None = None
     _mode_warned: bool = attrs.field(default=False, init=False)
+    _start_failures_told: dict[str, bool] = attrs.field(factory=dict, init=False)
 
     @classmethod
     def open(
-        cls, name: str, *, settings: Settings, config: Mapping[str, Any], emitter: EventEmitter
+        cls,
+        name: str,
+        *,
+        settings: Settings,
+        config: Mapping[str, Any],
+        emitter: EventEmitter,
+        job_dir: Path | None = None,
     ) -> ProviderLane:
         """The lane for provider `name` with its `[providers.NAME]` table; `aclose()` it."""
 
         async def on_transition(transition: str, failures: int) -> None:
             await emitter.breaker(transition, provider=name, failures=failures)
 
-        limit = config.get("max_concurrency")
+        limit = max_concurrency(name, config)
         return cls(
-            provider=create_provider(name, settings, config),
+            provider=create_provider(name, settings, config, job_dir=job_dir),
             breaker=CircuitBreaker(
                 name,
                 threshold=settings.cb_threshold,
@@ -81,7 +90,7 @@ class ProviderLane:
             policy=RetryPolicy.from_settings(settings),
             timeout_s=settings.provider_timeout_s,
             emitter=emitter,
-            limiter=trio.CapacityLimiter(limit) if isinstance(limit, int) and limit > 0 else None,
+            limiter=trio.CapacityLimiter(limit) if limit else None,
             config=config,
             attempt_cap_s=settings.attempt_cap_s,
         )
@@ -120,6 +129,7 @@ class ProviderLane:
         `ProviderError`, with `attempts` set; a timeout is a `ProviderTimeoutError`
         whose message says "timed out". Cancellation propagates untouched.
         """
+        await self._prepare(request.model, step)
         policy = self.policy if retries is None else attrs.evolve(self.policy, max_retries=retries)
         last_attempt = 1 + policy.max_retries
         for attempt in range(1, last_attempt + 1):
@@ -147,6 +157,25 @@ class ProviderLane:
             )
             await trio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _prepare(self, model: str, step: str) -> None:
+        """Let the provider start what it needs (provider `local`: its server), outside
+        every attempt's deadline, and log what it started or why that failed."""
+        try:
+            started = await self.provider.prepare(model)
+        except ProviderStartError as exc:
+            if not self._start_failures_told.get(model):
+                self._start_failures_told[model] = True
+                await self.emitter.provider_failed(
+                    provider=self.name, model=model, message=exc.message, log_tail=exc.log_tail
+                )
+            raise
+        if started is not None:
+            await self.emitter.provider_started(provider=self.name, for_step=step, **started)
+
+    async def cache_identity(self, model: str) -> str:
+        """Where this lane's answers come from, for cache keys (see `Provider`)."""
+        return await self.provider.cache_identity(model)
 
     async def _attempt(
         self, request: LLMRequest, step: str, attempt: int, attempt_cap_s: float | None

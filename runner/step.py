@@ -243,7 +243,7 @@ async def _work(
         answer = await _call_llm(services, step, outputs)
         attempts = answer.attempts
         if step.files:
-            await _write_file_blocks(services, step.name, answer.response.text)
+            await _write_file_blocks(services, step, answer.response.text)
         if answer.key is not None and not answer.cached:
             # Kept once the answer has proved usable: an answer whose files were refused
             # is asked for again on the next run, not replayed from the cache.
@@ -292,7 +292,7 @@ async def _call_llm(services: StepServices, step: Step, outputs: Mapping[str, st
     if cache is not None:
         key = compute_cache_key(
             provider=lane.name,
-            base_url=lane.base_url,
+            base_url=await lane.cache_identity(request.model),
             step=step.name,
             request=request,
             pipeline_version=services.pipeline_version,
@@ -324,13 +324,22 @@ async def _keep(services: StepServices, step: str, key: str, response: LLMRespon
         await services.emitter.cache_error(step, key, reason=str(exc))
 
 
-async def _write_file_blocks(services: StepServices, step: str, output: str) -> None:
+async def _write_file_blocks(services: StepServices, step: Step, output: str) -> None:
     blocks = parse_file_blocks(output)
+    if not blocks:
+        # The job goes on (the answer is the step's output), but say why no file came.
+        await services.emitter.llm_warning(
+            step.name,
+            provider=step.provider or "",
+            model=step.model or "",
+            message="files = true, but the answer holds no file block"
+            " (a fence whose info string has path=...): no file written",
+        )
     # Check every path before writing any: a refused path must not leave half the files.
     for block in blocks:
         services.run_dir.check_file_path(block.path)
     for block in blocks:
-        await services.write_file(step, block.path, block.content)
+        await services.write_file(step.name, block.path, block.content)
 
 
 async def _write_output(

@@ -183,6 +183,7 @@ class Supervisor:
                     settings=self.settings,
                     config=self.pipeline.providers.get(provider, {}),
                     emitter=self.emitter,
+                    job_dir=self.run_dir.path,
                 )
         return self._lanes
 

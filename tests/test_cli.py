@@ -14,6 +14,8 @@ from helpers import events, invoke
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = str(ROOT / "examples" / "app_builder.toml")
+# The example runs a real model by default; these tests run its scripted, offline version.
+OFFLINE = ("--provider", "fake")
 
 
 def write(path: Path, text: str) -> str:
@@ -34,7 +36,9 @@ needs = ["a"]
 
 
 def test_run_example_succeeds_and_show_list_read_it(runs_dir: Path) -> None:
-    code, out, err = invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "demo")
+    code, out, err = invoke(
+        "run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "demo"
+    )
     assert (0, "") == (code, err)
     assert "job succeeded" in out
     code, out, _ = invoke("show", "demo", "--runs-dir", str(runs_dir))
@@ -48,7 +52,7 @@ def test_run_example_succeeds_and_show_list_read_it(runs_dir: Path) -> None:
 
 
 def test_show_json_is_one_document_derived_from_events(runs_dir: Path) -> None:
-    invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "demo")
+    invoke("run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "demo")
     (runs_dir / "demo" / "manifest.json").unlink()  # show must not need it
     code, out, _ = invoke("show", "demo", "--runs-dir", str(runs_dir), "--json")
     document = json.loads(out)
@@ -60,9 +64,11 @@ def test_show_json_is_one_document_derived_from_events(runs_dir: Path) -> None:
 
 
 def test_show_marks_resumed_and_cached_steps(runs_dir: Path, tmp_path: Path) -> None:
-    invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "demo")
+    invoke("run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "demo")
     (runs_dir / "demo" / "outputs" / "reviewer.txt").unlink()
-    code, _, _ = invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "demo", "--resume")
+    code, _, _ = invoke(
+        "run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "demo", "--resume"
+    )
     assert 0 == code
     _, out, _ = invoke("show", "demo", "--runs-dir", str(runs_dir))
     status = {line.split()[0]: line for line in out.splitlines()[2:]}
@@ -111,24 +117,28 @@ def test_pipeline_mistakes_are_one_line_exit_2(
 
 
 def test_unknown_input_and_bad_input_syntax_exit_2(runs_dir: Path) -> None:
-    code, _, err = invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--input", "nope=1")
+    code, _, err = invoke(
+        "run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--input", "nope=1"
+    )
     assert (2, 1) == (code, len(err.splitlines()))
     assert "inputs.nope: unknown input" in err
-    code, _, err = invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--input", "idea")
+    code, _, err = invoke("run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--input", "idea")
     assert 2 == code
     assert "expected NAME=VALUE" in err
 
 
 def test_bad_setting_exit_2_names_the_variable(runs_dir: Path) -> None:
-    code, _, err = invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), env={"MAX_RETRIES": "many"})
+    code, _, err = invoke(
+        "run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), env={"MAX_RETRIES": "many"}
+    )
     assert 2 == code
     assert err.startswith("runner: MAX_RETRIES (environment): expected a whole number >= 0")
 
 
 def test_existing_job_id_without_resume_exit_2(runs_dir: Path) -> None:
-    invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "demo")
+    invoke("run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "demo")
     before = (runs_dir / "demo" / "events.jsonl").read_bytes()
-    code, _, err = invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "demo")
+    code, _, err = invoke("run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "demo")
     assert 2 == code
     assert "job 'demo' already exists" in err
     assert before == (runs_dir / "demo" / "events.jsonl").read_bytes()
@@ -142,19 +152,21 @@ def test_unknown_job_exit_2(runs_dir: Path, command: str) -> None:
 
 def test_runs_dir_from_environment(tmp_path: Path) -> None:
     env = {"RUNNER_RUNS_DIR": str(tmp_path / "elsewhere")}
-    assert 0 == invoke("run", EXAMPLE, "--job-id", "demo", env=env)[0]
+    assert 0 == invoke("run", EXAMPLE, *OFFLINE, "--job-id", "demo", env=env)[0]
     assert (tmp_path / "elsewhere" / "demo" / "events.jsonl").is_file()
     assert ["demo", "succeeded"] == invoke("list", env=env)[1].split()[:2]
 
 
 def test_provider_and_model_overrides(runs_dir: Path) -> None:
-    invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "d", "--model", "echo-2")
+    invoke(
+        "run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "d", "--model", "echo-2"
+    )
     requests = [e for e in events(runs_dir / "d") if e["type"] == "llm.request"]
     assert {"echo-2"} == {e["data"]["model"] for e in requests}
 
 
 def test_tail_filters_combine(runs_dir: Path) -> None:
-    invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "demo")
+    invoke("run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "demo")
     _, out, _ = invoke("tail", "demo", "--runs-dir", str(runs_dir), "--type", "llm", "--json")
     types = [json.loads(line)["type"] for line in out.splitlines()]
     assert ["llm.request", "llm.response"] * 3 == types
@@ -171,7 +183,7 @@ def test_tail_filters_combine(runs_dir: Path) -> None:
 
 
 def test_tail_json_prints_events_as_stored(runs_dir: Path) -> None:
-    invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "demo")
+    invoke("run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "demo")
     _, out, _ = invoke("tail", "demo", "--runs-dir", str(runs_dir), "--json")
     assert (runs_dir / "demo" / "events.jsonl").read_text() == out
 
@@ -232,7 +244,7 @@ def test_tail_follow_waits_for_the_log_and_stops_after_job_finished(tmp_path: Pa
         0.2
     )  # let it start waiting for a log that does not exist yet (not a timing assertion)
     subprocess.run(
-        [sys.executable, "-m", "runner", "run", EXAMPLE, "--job-id", "demo"],
+        [sys.executable, "-m", "runner", "run", EXAMPLE, *OFFLINE, "--job-id", "demo"],
         cwd=tmp_path,
         check=True,
     )
@@ -337,7 +349,7 @@ def test_version_is_one_value_everywhere() -> None:
     "job_id", ["x\ny", "evil\x7f", "tab\there", "sp ace", "café", ".h", "a" * 129]
 )
 @pytest.mark.parametrize(
-    "command", [["show"], ["tail"], ["tail", "-f"], ["run", EXAMPLE, "--job-id"]]
+    "command", [["show"], ["tail"], ["tail", "-f"], ["run", EXAMPLE, *OFFLINE, "--job-id"]]
 )
 def test_every_command_refuses_a_bad_job_id_in_one_line(
     runs_dir: Path, command: list[str], job_id: str
@@ -350,7 +362,7 @@ def test_every_command_refuses_a_bad_job_id_in_one_line(
 
 
 def test_list_leaves_out_directories_no_job_can_have(runs_dir: Path) -> None:
-    invoke("run", EXAMPLE, "--runs-dir", str(runs_dir), "--job-id", "good")
+    invoke("run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "good")
     shutil.copytree(runs_dir / "good", runs_dir / "x\ny")
     code, out, _ = invoke("list", "--runs-dir", str(runs_dir))
     assert (0, ["good"]) == (code, [line.split()[0] for line in out.splitlines()])

@@ -58,7 +58,9 @@ def test_every_type_in_the_design_table_is_known() -> None:
         "breaker.half_open", "breaker.closed", "cache.hit", "cache.miss", "file.written",
     }  # fmt: skip
     # Additions: a response that could not be stored; a warning about a provider's answers.
-    assert expected | {"cache.error", "llm.warning"} == set(EVENT_TYPES)
+    assert expected | {"cache.error", "llm.warning", "provider.started", "provider.failed"} == set(
+        EVENT_TYPES
+    )
 
 
 def test_matches_type_family() -> None:

@@ -183,7 +183,7 @@ async def test_every_fsync_policy_writes_the_same_bytes(tmp_path: Path, policy: 
 
 
 async def test_idempotency_preserves_manifest_hash(runs_dir: Path) -> None:
-    pipeline = load_pipeline(EXAMPLE)
+    pipeline = load_pipeline(EXAMPLE).with_overrides(provider="fake")
     first = await run_dag(pipeline, runs_dir=runs_dir, job_id="j1")
     manifest = first.run_dir / "manifest.json"
     before = manifest.read_bytes()
@@ -200,7 +200,7 @@ async def test_idempotency_preserves_manifest_hash(runs_dir: Path) -> None:
 
 
 async def test_rerunning_a_step_rewrites_nothing_and_keeps_the_manifest(runs_dir: Path) -> None:
-    pipeline = load_pipeline(EXAMPLE)
+    pipeline = load_pipeline(EXAMPLE).with_overrides(provider="fake")
     first = await run_dag(pipeline, runs_dir=runs_dir, job_id="j1")
     before = (first.run_dir / "manifest.json").read_bytes()
     (first.run_dir / "outputs" / "builder.txt").unlink()  # builder must run again

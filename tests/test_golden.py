@@ -44,7 +44,8 @@ def _snapshot(run_dir: Path) -> dict[str, bytes]:
 
 
 async def test_app_builder_matches_golden(runs_dir: Path) -> None:
-    pipeline = load_pipeline(ROOT / "examples" / "app_builder.toml")
+    # The example's scripted, offline version: what `--provider fake` runs.
+    pipeline = load_pipeline(ROOT / "examples" / "app_builder.toml").with_overrides(provider="fake")
     result = await run_dag(pipeline, runs_dir=runs_dir, job_id="golden", settings=Settings())
     assert "succeeded" == result.status
     actual = _snapshot(result.run_dir)

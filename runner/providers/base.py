@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["Heard", "LLMRequest", "LLMResponse", "Provider"]
+__all__ = ["Heard", "LLMRequest", "LLMResponse", "Provider", "nobody_listens"]
 
 
 @attrs.frozen
@@ -59,6 +59,10 @@ class LLMResponse:
 Heard = Callable[[], None]
 
 
+def nobody_listens() -> None:
+    """The default `heard`: nobody listens."""
+
+
 @runtime_checkable
 class Provider(Protocol):
     """An LLM backend.
@@ -68,12 +72,22 @@ class Provider(Protocol):
     and never retries by itself; retries, deadlines and the circuit breaker
     are the caller's job. It calls `heard()` whenever a piece of the answer
     arrives (the headers, each chunk), so that the caller's deadline measures
-    silence, not the length of a healthy stream. `base_url` goes into cache keys.
-    `aclose()` releases the provider's connections.
+    silence, not the length of a healthy stream.
+
+    `prepare(model)` runs before a call's first attempt, outside its deadline:
+    a provider that starts its own server (`local`) starts it there and returns
+    what it started (the `provider.started` event's data), the others return
+    None. `cache_identity(model)` says where answers come from, for cache keys
+    (the base URL; for `local`, the model file's SHA-256). `base_url` is shown
+    in events. `aclose()` releases the provider's connections and servers.
     """
 
     name: str
     base_url: str
+
+    async def prepare(self, model: str) -> dict[str, Any] | None: ...
+
+    async def cache_identity(self, model: str) -> str: ...
 
     async def complete(self, request: LLMRequest, *, heard: Heard = ...) -> LLMResponse: ...
 

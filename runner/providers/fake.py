@@ -45,6 +45,12 @@ class FakeProvider:
         self.errors: Mapping[str, str] = config.get("errors", {})
         self.latency_s = float(config.get("latency_s", 0.0))
 
+    async def prepare(self, model: str) -> dict[str, Any] | None:
+        return None
+
+    async def cache_identity(self, model: str) -> str:
+        return self.base_url
+
     async def complete(self, request: LLMRequest, *, heard: Heard | None = None) -> LLMResponse:
         if self.latency_s:
             await trio.sleep(self.latency_s)
