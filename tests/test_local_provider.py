@@ -2,7 +2,7 @@
 
 Everything here is real: the server is the one the `xllamacpp` wheel carries, in
 the child process runner starts; jobs run in this process (`run_dag`) or as
-`runner run` subprocesses that get SIGKILL or SIGTERM. Model text differs
+`runner run` subprocesses that get SIGKILL, SIGTERM or SIGINT. Model text differs
 between llama.cpp builds, so the tests look at shapes: non-empty text, token
 counts within bounds, events, processes.
 
@@ -185,8 +185,8 @@ prompt = "Write a long essay about clocks."
 """
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
-async def test_a_killed_or_terminated_job_leaves_no_server(tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
+async def test_a_killed_terminated_or_interrupted_job_leaves_no_server(tmp_path: Path, how: str) -> None:
     run_dir = tmp_path / "runs" / "k"
     process = _runner_run(tmp_path, LONG_TOML)
     try:
