@@ -5,12 +5,12 @@ Only the CLI uses this; it prints, so the library never does.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+from .event_format import format_event
 from .events import Event
 
 _SHOWN_PLAIN = ("job.", "step.", "llm.retry", "breaker.", "file.written")
@@ -90,17 +90,3 @@ class Progress:
         self.stream.write(line + "\n")
         self.stream.flush()
         self._drawn = 0
-
-
-def format_event(event: Event) -> str:
-    """One readable line for an event."""
-    data = event.get("data") or {}
-    detail = " ".join(f"{k}={_short(v)}" for k, v in data.items())
-    step = event.get("step")
-    where = f" [{step}]" if step else ""
-    return f"{event['ts'][11:23]} {event['level']:<5} {event['type']}{where} {detail}".rstrip()
-
-
-def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -129,6 +129,25 @@ class RunDir:
             raise JobError(f"job {self.job_id!r} is running in another process") from None
         return fd
 
+    def is_running(self) -> bool:
+        """Whether a process holds the job's lock now (a job `runner` runs somewhere).
+
+        The lock is the truth: a killed process loses it at once, and a reused pid
+        does not fool it. A job on another host that shares the runs directory over
+        a network filesystem may not show, depending on the filesystem's `flock`.
+        """
+        try:
+            fd = os.open(self.events_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops our shared lock
+        return False
+
     def write_pipeline(self, pipeline_json: bytes) -> None:
         write_atomic(self.path, "pipeline.json", pipeline_json, fsync="never")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
+from ..event_format import format_event
 from ..events import Event, event_line, follow_events, level_at_least, matches_type, read_events
-from ..progress import format_event
 from . import cli
 from ._common import (
     EXIT_CANCELLED,
