@@ -148,8 +148,10 @@ class EventEmitter:
         data = {"provider": provider, "failures": failures}
         return await self._emit(type, None, EVENT_TYPES[type], data)
 
-    async def cache_hit(self, step: str, key: str) -> Event:
-        return await self._emit("cache.hit", step, "INFO", {"key": key})
+    async def cache_hit(self, step: str, key: str, *, from_job: str | None = None) -> Event:
+        # `from_job`: the earlier job whose cache held the entry (it is copied into ours).
+        data = {"key": key} if from_job is None else {"key": key, "from_job": from_job}
+        return await self._emit("cache.hit", step, "INFO", data)
 
     async def cache_miss(self, step: str, key: str, *, reason: str | None = None) -> Event:
         if reason is None:

@@ -39,6 +39,7 @@ __all__ = ["RunDir", "check_job_id", "is_valid_job_id"]
 OUTPUTS = "outputs"
 FILES = "files"
 CACHE = ".cache"
+EVENTS = "events.jsonl"
 
 _JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
@@ -75,7 +76,7 @@ class RunDir:
 
     @property
     def events_path(self) -> Path:
-        return self.path / "events.jsonl"
+        return self.path / EVENTS
 
     @property
     def pipeline_path(self) -> Path:

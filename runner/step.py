@@ -304,8 +304,8 @@ async def _call_llm(services: StepServices, step: Step, outputs: Mapping[str, st
             await emitter.cache_miss(step.name, key, reason=str(exc))
         else:
             if hit is not None:
-                await emitter.cache_hit(step.name, key)
-                return _Answer(hit, attempts=0, cached=True, key=key)
+                await emitter.cache_hit(step.name, key, from_job=hit.from_job)
+                return _Answer(hit.response, attempts=0, cached=True, key=key)
             await emitter.cache_miss(step.name, key)
     response, attempts = await lane.call(
         request, step=step.name, retries=step.retries, attempt_cap_s=step.attempt_cap_s

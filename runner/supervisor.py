@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from ._version import __version__
-from .cache import Cache
+from .cache import Cache, EarlierJobs
 from .config import Settings
 from .event_writer import EventEmitter, EventWriter
 from .events import Event
@@ -155,7 +155,11 @@ class Supervisor:
             if cache_dir is not None:
                 cache = Cache(cache_dir, fsync=fsync)
             else:
-                cache = Cache(self.run_dir.path, CACHE, fsync=fsync)
+                # A miss in the job's own cache looks in its pipeline's earlier jobs.
+                earlier = EarlierJobs(
+                    self.run_dir.path.parent, pipeline=self.pipeline.name, job_id=self.job_id
+                )
+                cache = Cache(self.run_dir.path, CACHE, fsync=fsync, earlier=earlier)
         concurrency = self.options.concurrency
         return StepServices(
             job_id=self.job_id,

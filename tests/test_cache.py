@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -293,7 +294,8 @@ async def test_a_corrupt_entry_is_a_warned_miss_and_is_replaced(
     assert miss["data"]["reason"].startswith(("corrupt: ", "unreadable: "))
     assert 1 == len(of_type(second.run_dir, "llm.request"))
     # The entry is whole again and serves the next job.
-    response = Cache(cache_dir).get(entry.stem)
+    hit = Cache(cache_dir).get(entry.stem)
+    response = hit.response if hit is not None else None
     assert response is not None
     assert first.outputs["a"] == response.text
     assert [] == leftover_temp_files([cache_dir])
@@ -346,7 +348,7 @@ async def test_cache_put_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         await cache.put(key, LLMResponse(text="second", model="m"))
     monkeypatch.undo()
 
-    assert "first" == cache.get(key).text  # type: ignore[union-attr]
+    assert "first" == cache.get(key).response.text  # type: ignore[union-attr]
     assert [] == leftover_temp_files([tmp_path])
     assert [tmp_path / "cache" / "ab" / f"{key}.json"] == list((tmp_path / "cache").rglob("*"))[1:]
 
@@ -403,13 +405,80 @@ def test_runner_cache_dir_from_the_environment(runs_dir: Path, tmp_path: Path) -
     assert 2 == len(list(flag.rglob("*.json")))
 
 
-def test_without_a_cache_dir_each_job_has_its_own(runs_dir: Path, tmp_path: Path) -> None:
+def test_without_a_cache_dir_a_second_job_reuses_the_first_ones_entries(
+    runs_dir: Path, tmp_path: Path
+) -> None:
     toml = tmp_path / "p.toml"
     toml.write_text(TOML)
     base = ["run", str(toml), "--runs-dir", str(runs_dir)]
     assert 0 == invoke(*base, "--job-id", "one")[0]
     assert 0 == invoke(*base, "--job-id", "two")[0]
-    # Same keys, separate caches: the second job misses and fills its own.
-    one, two = (_cache_events(runs_dir / job)["cache.miss"] for job in ("one", "two"))
-    assert one == two
-    assert 2 == len(list((runs_dir / "two" / ".cache").rglob("*.json")))
+    # Same keys: the second job finds them in the first job's cache...
+    one, two = (_cache_events(runs_dir / job) for job in ("one", "two"))
+    assert one["cache.miss"] == two["cache.hit"]
+    assert [] == two["cache.miss"]
+    assert ["one", "one"] == [e["data"]["from_job"] for e in of_type(runs_dir / "two", "cache.hit")]
+    # ...and keeps its own copy: each job stays whole without the other.
+    shutil.rmtree(runs_dir / "one")
+    assert 0 == invoke(*base, "--job-id", "three")[0]
+    assert ["two", "two"] == [
+        e["data"]["from_job"] for e in of_type(runs_dir / "three", "cache.hit")
+    ]
+
+
+async def test_a_plain_second_run_makes_no_request(runs_dir: Path) -> None:
+    pipeline = _loopback_pipeline()
+    async with open_fake_llm_server() as server:
+        settings = _settings(server)
+        first = await run_dag(pipeline, runs_dir=runs_dir, settings=settings)
+        asked = len(server.requests)
+        second = await run_dag(pipeline, runs_dir=runs_dir, settings=settings)
+        assert asked == len(server.requests)  # not one request from the second job
+    assert first.outputs == second.outputs
+    hits = of_type(second.run_dir, "cache.hit")
+    assert [first.job_id] * asked == [e["data"]["from_job"] for e in hits]
+    assert [] == of_type(second.run_dir, "llm.request")
+
+
+async def test_the_newest_earlier_job_of_the_same_pipeline_serves_a_miss(
+    runs_dir: Path, tmp_path: Path
+) -> None:
+    def answering(reply: str, name: str = "p") -> Pipeline:
+        replies = {"fake": {"replies": {"a": reply}}}
+        return Pipeline(name=name, steps=[Step("a", prompt="same")], providers=replies)
+
+    settings = Settings()
+    await run_dag(answering("old"), runs_dir=runs_dir, job_id="p-1", settings=settings)
+    # Run apart (else they would reuse p-1's answer), then moved in: newer jobs with
+    # the same key, since the fake provider's reply is not part of it.
+    elsewhere = tmp_path / "elsewhere"
+    await run_dag(answering("new"), runs_dir=elsewhere, job_id="p-2", settings=settings)
+    await run_dag(answering("other", "q"), runs_dir=elsewhere, job_id="q-3", settings=settings)
+    for job in ("p-2", "q-3"):
+        (elsewhere / job).rename(runs_dir / job)
+
+    third = await run_dag(answering("fresh"), runs_dir=runs_dir, job_id="p-4", settings=settings)
+    assert "new" == third.outputs["a"]  # p-2 is newer than p-1; q-3 is another pipeline
+    [hit] = of_type(third.run_dir, "cache.hit")
+    assert "p-2" == hit["data"]["from_job"]
+    # --cache-dir and --no-cache keep their meaning: no look at other jobs.
+    shared = await run_dag(
+        answering("fresh"), runs_dir=runs_dir, cache_dir=tmp_path / "c", settings=settings
+    )
+    assert "fresh" == shared.outputs["a"]
+    bare = await run_dag(answering("fresh"), runs_dir=runs_dir, use_cache=False, settings=settings)
+    assert "fresh" == bare.outputs["a"]
+
+
+async def test_a_corrupt_entry_in_an_earlier_job_is_a_plain_miss(runs_dir: Path) -> None:
+    pipeline = Pipeline(name="p", steps=[Step("a", prompt="x")])
+    first = await run_dag(pipeline, runs_dir=runs_dir, job_id="p-1", settings=Settings())
+    [entry] = (first.run_dir / ".cache").rglob("*.json")
+    entry.write_bytes(b"{not json")
+
+    second = await run_dag(pipeline, runs_dir=runs_dir, job_id="p-2", settings=Settings())
+
+    assert "succeeded" == second.status
+    [miss] = of_type(second.run_dir, "cache.miss")
+    assert ("INFO", False) == (miss["level"], "reason" in miss["data"])  # not ours to report
+    assert 1 == len(of_type(second.run_dir, "llm.request"))
