@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import trio
 
 from ._json import loads, sorted_json
 from .filestore import FsyncPolicy, safe_write, write_atomic
@@ -108,7 +109,7 @@ class Cache:
     def _relpath(self, key: str) -> str:
         return f"{self._prefix}{key[:2]}/{key}.json"
 
-    def get(self, key: str) -> CacheHit | None:
+    async def get(self, key: str) -> CacheHit | None:
         """The cached response, None when absent; `CorruptCacheEntry` when ours is unreadable.
 
         A miss looks in the earlier jobs' caches; a hit there is copied into this cache
@@ -117,7 +118,7 @@ class Cache:
         response = _read_entry(self.root / self._relpath(key), key)
         if response is not None:
             return CacheHit(response)
-        found = self._earlier.find(key) if self._earlier is not None else None
+        found = await self._earlier.find(key) if self._earlier is not None else None
         if found is None:
             return None
         job_id, path = found
@@ -183,48 +184,56 @@ class EarlierJobs:
         self._runs_dir = runs_dir
         self._pipeline = pipeline
         self._job_id = job_id
-        self._entries: dict[str, tuple[str, Path]] | None = None
+        self._entries: dict[str, tuple[str, str]] | None = None
+        self._indexing = trio.Lock()
 
-    def find(self, key: str) -> tuple[str, Path] | None:
+    async def find(self, key: str) -> tuple[str, Path] | None:
         """(job id, entry path) of the newest earlier job holding `key`, or None."""
-        if self._entries is None:
-            self._entries = self._index()
-        return self._entries.get(key)
+        async with self._indexing:  # the steps that miss first wait for one index
+            if self._entries is None:
+                # A worker thread: reading 1,000 jobs' directories takes ~0.1 s, in which
+                # the job's other steps go on.
+                self._entries = await trio.to_thread.run_sync(self._index)
+        found = self._entries.get(key)
+        return None if found is None else (found[0], Path(found[1]))
 
-    def _index(self) -> dict[str, tuple[str, Path]]:
-        entries: dict[str, tuple[str, Path]] = {}
+    def _index(self) -> dict[str, tuple[str, str]]:
+        # Plain strings and os.scandir: with 1,000 jobs, pathlib objects were most of
+        # the time it takes (bench/cache_lookup.py).
+        entries: dict[str, tuple[str, str]] = {}
         for job_id, cache in self._caches_newest_first():
             for shard in _subdirs(cache):
-                for name in _entry_names(shard):
-                    entries.setdefault(name[:-5], (job_id, shard / name))
+                for name, path in _entries_in(shard):
+                    entries.setdefault(name[:-5], (job_id, path))
         return entries
 
-    def _caches_newest_first(self) -> list[tuple[str, Path]]:
+    def _caches_newest_first(self) -> list[tuple[str, str]]:
         found = []
-        for job in _subdirs(self._runs_dir):
-            if job.name == self._job_id or not is_valid_job_id(job.name):
+        for job in _subdirs(os.fspath(self._runs_dir)):
+            name = os.path.basename(job)
+            if name == self._job_id or not is_valid_job_id(name):
                 continue
-            started = _job_started(job / EVENTS)
+            started = _job_started(os.path.join(job, EVENTS))
             if started is not None and started[1] == self._pipeline:
-                found.append((started[0], job.name, job / CACHE))
+                found.append((started[0], name, os.path.join(job, CACHE)))
         found.sort(reverse=True)
         return [(job_id, cache) for _, job_id, cache in found]
 
 
-def _subdirs(path: Path) -> list[Path]:
+def _subdirs(path: str) -> list[str]:
     # Real directories only: a symlink in a runs dir is not followed anywhere.
     try:
         with os.scandir(path) as entries:
-            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+            return [e.path for e in entries if e.is_dir(follow_symlinks=False)]
     except OSError:
         return []
 
 
-def _entry_names(shard: Path) -> list[str]:
+def _entries_in(shard: str) -> list[tuple[str, str]]:
     try:
         with os.scandir(shard) as entries:
             return [
-                e.name
+                (e.name, e.path)
                 for e in entries
                 if _ENTRY_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)
             ]
@@ -232,7 +241,7 @@ def _entry_names(shard: Path) -> list[str]:
         return []
 
 
-def _job_started(log: Path) -> tuple[str, str] | None:
+def _job_started(log: str) -> tuple[str, str] | None:
     """(ts, pipeline) of the `job.started` that opens `log`, or None."""
     try:
         with open(log, "rb") as file:

@@ -299,7 +299,7 @@ async def _call_llm(services: StepServices, step: Step, outputs: Mapping[str, st
             runner_version=__version__,
         )
         try:
-            hit = cache.get(key)
+            hit = await cache.get(key)
         except CorruptCacheEntry as exc:
             await emitter.cache_miss(step.name, key, reason=str(exc))
         else:

@@ -294,7 +294,7 @@ async def test_a_corrupt_entry_is_a_warned_miss_and_is_replaced(
     assert miss["data"]["reason"].startswith(("corrupt: ", "unreadable: "))
     assert 1 == len(of_type(second.run_dir, "llm.request"))
     # The entry is whole again and serves the next job.
-    hit = Cache(cache_dir).get(entry.stem)
+    hit = await Cache(cache_dir).get(entry.stem)
     response = hit.response if hit is not None else None
     assert response is not None
     assert first.outputs["a"] == response.text
@@ -348,7 +348,7 @@ async def test_cache_put_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         await cache.put(key, LLMResponse(text="second", model="m"))
     monkeypatch.undo()
 
-    assert "first" == cache.get(key).response.text  # type: ignore[union-attr]
+    assert "first" == (await cache.get(key)).response.text  # type: ignore[union-attr]
     assert [] == leftover_temp_files([tmp_path])
     assert [tmp_path / "cache" / "ab" / f"{key}.json"] == list((tmp_path / "cache").rglob("*"))[1:]
 
