@@ -7,8 +7,8 @@ test_providers_loopback.py.
 from __future__ import annotations
 
 import email.utils
-import math
 import json
+import math
 import re
 from contextlib import asynccontextmanager
 
