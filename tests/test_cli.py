@@ -48,7 +48,7 @@ def test_run_example_succeeds_and_show_list_read_it(runs_dir: Path) -> None:
     assert ["architect", "builder", "reviewer"] == [line.split()[0] for line in lines[2:]]
     assert all(line.split()[1] == "succeeded" for line in lines[2:])
     code, out, _ = invoke("list", "--runs-dir", str(runs_dir))
-    assert (0, ["demo", "succeeded"]) == (code, out.split()[:2])
+    assert (0, ["demo", "succeeded"]) == (code, out.splitlines()[1].split()[:2])
 
 
 def test_show_json_is_one_document_derived_from_events(runs_dir: Path) -> None:
@@ -154,7 +154,7 @@ def test_runs_dir_from_environment(tmp_path: Path) -> None:
     env = {"RUNNER_RUNS_DIR": str(tmp_path / "elsewhere")}
     assert 0 == invoke("run", EXAMPLE, *OFFLINE, "--job-id", "demo", env=env)[0]
     assert (tmp_path / "elsewhere" / "demo" / "events.jsonl").is_file()
-    assert ["demo", "succeeded"] == invoke("list", env=env)[1].split()[:2]
+    assert ["demo", "succeeded"] == invoke("list", env=env)[1].splitlines()[1].split()[:2]
 
 
 def test_provider_and_model_overrides(runs_dir: Path) -> None:
@@ -324,7 +324,7 @@ def test_a_job_whose_process_died_reads_interrupted(runs_dir: Path) -> None:
     ]
     (run_dir / "events.jsonl").write_bytes(b"".join(event_line(e) for e in lines))
     _, out, _ = invoke("list", "--runs-dir", str(runs_dir))
-    assert ["dead", "interrupted"] == out.split()[:2]
+    assert ["dead", "interrupted"] == out.splitlines()[1].split()[:2]
     _, out, _ = invoke("show", "dead", "--runs-dir", str(runs_dir), "--json")
     document = json.loads(out)
     assert ("interrupted", "interrupted", "pending") == (
@@ -365,7 +365,7 @@ def test_list_leaves_out_directories_no_job_can_have(runs_dir: Path) -> None:
     invoke("run", EXAMPLE, *OFFLINE, "--runs-dir", str(runs_dir), "--job-id", "good")
     shutil.copytree(runs_dir / "good", runs_dir / "x\ny")
     code, out, _ = invoke("list", "--runs-dir", str(runs_dir))
-    assert (0, ["good"]) == (code, [line.split()[0] for line in out.splitlines()])
+    assert (0, ["good"]) == (code, [line.split()[0] for line in out.splitlines()[1:]])
 
 
 def test_a_missing_key_for_the_official_api_is_exit_2_before_any_call(tmp_path: Path) -> None:

@@ -219,7 +219,9 @@ async def check_list(session: Session, ran: Ran, server_seen: int) -> None:
     assert session.job_id is not None
     mine = [line for line in ran.lines if session.job_id in line]
     assert 1 == len(mine)
-    assert re.fullmatch(rf"{re.escape(session.job_id)}  succeeded  \d+[smhd]  app-builder", mine[0])
+    pattern = rf"{re.escape(session.job_id)}\s+succeeded\s+3/3\s+\d+[smhd]\s+app-builder"
+    assert re.fullmatch(pattern, mine[0])
+    assert ["JOB", "STATUS", "STEPS", "AGE", "PIPELINE"] == ran.lines[0].split()
 
 
 async def check_show(session: Session, ran: Ran, server_seen: int) -> None:

@@ -1,0 +1,299 @@
+"""Cancelling and removing jobs: what `runner cancel`, `rm` and `prune` do (no printing).
+
+- **Running** means a process holds the job's lock (`RunDir.is_running()`). A job whose
+  last run has no end and was started on another host counts as running too: its lock
+  may not be visible from here, so it is never removed from here.
+- **Cancel** sends SIGINT to the job's process, which `runner run` turns into a clean
+  cancellation (`job.finished status=cancelled`, exit 130); only on the job's own host.
+- **Remove** deletes a job's directory while holding the job's lock, so no run can
+  start in it meanwhile; a symlinked job directory is refused, never followed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import shutil
+import signal
+import socket
+from collections.abc import Collection, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from ._json import loads
+from .errors import JobError
+from .job_index import job_states, newest_first, select_jobs
+from .job_state import JobState
+from .run_dir import RunDir
+
+__all__ = [
+    "Prune",
+    "RunningJob",
+    "cancel_job",
+    "check_removable",
+    "disk_usage",
+    "parse_duration",
+    "plan_prune",
+    "remove_job",
+    "running_job",
+    "wait_for_end",
+]
+
+_JOB_STARTED = b'"type":"job.started"'
+_JOB_FINISHED = b'"type":"job.finished"'
+
+
+@attrs.frozen
+class RunningJob:
+    """A job that is running: where, and which process, as far as its log says.
+
+    `locked`: a process holds the job's lock, seen from here. `host` and `pid` are
+    None while a run has taken the lock but not logged its start.
+    """
+
+    host: str | None
+    pid: int | None
+    locked: bool
+
+    @property
+    def here(self) -> bool:
+        return self.host == socket.gethostname()
+
+    def describe(self) -> str:
+        """`running (pid 4242 on this host)`, `maybe running on host 'h2' (...)`, ..."""
+        if self.host is None:
+            return "starting"
+        if self.here:
+            return f"running (pid {self.pid} on this host)"
+        if self.locked:
+            return f"running on host {self.host!r} (pid {self.pid})"
+        return f"maybe running on host {self.host!r} (its last run has no end)"
+
+
+def running_job(run_dir: RunDir) -> RunningJob | None:
+    """The job's process if it is running (see the module docstring), else None."""
+    locked = run_dir.is_running()
+    start, ended = _last_run(run_dir.events_path)
+    if start is None or ended:
+        # Locked with no open run in the log: a run is starting (or just ending).
+        return RunningJob(None, None, locked=True) if locked else None
+    host, pid = start.get("host"), start.get("pid")
+    host = host if isinstance(host, str) else None
+    pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+    if locked or (host is not None and host != socket.gethostname()):
+        return RunningJob(host, pid, locked=locked)
+    return None
+
+
+def _last_run(events_path: Path) -> tuple[dict[str, Any] | None, bool]:
+    """The data of the log's last `job.started` (None if none), and whether an end follows."""
+    start: dict[str, Any] | None = None
+    ended = False
+    try:
+        file = open(events_path, "rb")
+    except FileNotFoundError:
+        return start, ended
+    with file:
+        for line in file:
+            # Decode only job.* lines: the writer puts the type before `data`, and a JSON
+            # string escapes its quotes, so no value can pass for it.
+            if _JOB_STARTED in line:
+                record = _record(line, "job.started")
+                if record is not None:
+                    data = record.get("data")
+                    start, ended = (data if isinstance(data, dict) else {}), False
+            elif _JOB_FINISHED in line and _record(line, "job.finished") is not None:
+                ended = True
+    return start, ended
+
+
+def _record(line: bytes, kind: str) -> dict[str, Any] | None:
+    """The event on a complete log line if it is of type `kind`, else None."""
+    if not line.endswith(b"\n"):
+        return None  # torn, or still being written
+    try:
+        record = loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and record.get("type") == kind else None
+
+
+# -- cancel --------------------------------------------------------------------------
+
+
+def cancel_job(run_dir: RunDir, state: JobState) -> int:
+    """Send SIGINT to the process running the job on this host.
+
+    Returns the log's size before the signal: the job's end is logged after it (see
+    `wait_for_end`). `JobError` when the job is not running, runs on another host, or
+    has not logged its process yet.
+    """
+    offset = run_dir.events_path.stat().st_size
+    running = running_job(run_dir)
+    if running is None:
+        raise JobError(f"job {run_dir.job_id!r} is not running (status: {state.display_status()})")
+    if running.host is None or running.pid is None:
+        raise JobError(f"job {run_dir.job_id!r} is starting; try again in a moment")
+    if not running.here:
+        raise JobError(
+            f"job {run_dir.job_id!r} runs on host {running.host!r}, not on this one"
+            f" ({socket.gethostname()}): cancel it there"
+        )
+    try:
+        os.kill(running.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass  # it ended just now: `wait_for_end` reads how
+    return offset
+
+
+async def wait_for_end(run_dir: RunDir, offset: int, *, poll_s: float = 0.05) -> str:
+    """Wait until the job's run ends after byte `offset` of its log; its status.
+
+    The status of the `job.finished` logged after `offset`, or `interrupted` when the
+    process let go of the lock without logging an end (it was killed). Polls the log's
+    new bytes only; the caller bounds the wait (`trio.fail_after`).
+    """
+    while True:
+        locked = run_dir.is_running()  # before reading: an end is logged before the lock goes
+        status, offset = _finished_after(run_dir.events_path, offset)
+        if status is not None:
+            return status
+        if not locked:
+            return "interrupted"
+        await trio.sleep(poll_s)
+
+
+def _finished_after(events_path: Path, offset: int) -> tuple[str | None, int]:
+    """The status of a `job.finished` among the complete lines after `offset`; the new offset."""
+    with open(events_path, "rb") as file:
+        file.seek(offset)
+        data = file.read()
+    complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+    status = None
+    for line in complete.splitlines(keepends=True):
+        record = _record(line, "job.finished") if _JOB_FINISHED in line else None
+        if record is not None:
+            fields = record.get("data")
+            found = fields.get("status") if isinstance(fields, dict) else None
+            status = found if isinstance(found, str) else "failed"
+    return status, offset + len(complete)
+
+
+# -- remove --------------------------------------------------------------------------
+
+
+def check_removable(runs_dir: Path, job_id: str) -> RunDir:
+    """The job's directory, once it is known to be removable; `JobError` says why not.
+
+    Refused: an id that cannot name a job, a directory with no log (no such job), a
+    symlinked job directory, and a running job (`running_job`).
+    """
+    run_dir = RunDir.of(runs_dir, job_id)
+    if run_dir.path.is_symlink():
+        raise JobError(f"job {job_id!r} is a symlink in {runs_dir}; not removing it")
+    if not run_dir.events_path.is_file():
+        raise JobError(f"job {job_id!r} not found in {runs_dir}")
+    running = running_job(run_dir)
+    if running is not None:
+        raise JobError(f"job {job_id!r} is {running.describe()}; not removing it")
+    return run_dir
+
+
+def remove_job(run_dir: RunDir) -> int:
+    """Delete the job's directory, holding its lock meanwhile; the bytes freed on disk.
+
+    `JobError` if a process runs the job now (a run started since `check_removable`).
+    """
+    if run_dir.path.is_symlink():
+        raise JobError(f"job {run_dir.job_id!r} is a symlink; not removing it")
+    size = disk_usage(run_dir.path)
+    fd = run_dir.lock()  # raises JobError when a run holds it
+    try:
+        shutil.rmtree(run_dir.path)
+    finally:
+        os.close(fd)
+    return size
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes `path` takes on disk, as `du` counts them (blocks; symlinks not followed)."""
+    total = 0
+    for entry in _walk(path):
+        try:
+            total += entry.lstat().st_blocks * 512
+        except OSError:
+            continue  # vanished meanwhile
+    return total
+
+
+def _walk(path: Path) -> Iterator[Path]:
+    yield path
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                yield Path(root, name)
+
+
+# -- prune ---------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> _dt.timedelta:
+    """`90s`, `15m`, `12h`, `7d`, `2w` -> a timedelta; `ValueError` for anything else."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            f"invalid duration {text!r}: expected a number and a unit, s, m, h, d or w (7d)"
+        )
+    return _dt.timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
+
+
+@attrs.frozen
+class Prune:
+    """What `prune` does: the jobs to remove, and those it keeps because they run (newest first)."""
+
+    remove: list[RunDir]
+    running: list[tuple[RunDir, RunningJob]]
+
+
+def plan_prune(
+    runs_dir: Path,
+    older_than: _dt.timedelta,
+    *,
+    statuses: Collection[str] = (),
+    pipeline: str | None = None,
+    now: _dt.datetime | None = None,
+) -> Prune:
+    """The jobs that started more than `older_than` ago, with those statuses and pipeline.
+
+    A log with no start time (one from before 2.0) counts from when it was last
+    written. Running jobs are never in `remove`: they are listed in `running`.
+    """
+    cutoff = (now or _dt.datetime.now(_dt.UTC)) - older_than
+    remove: list[RunDir] = []
+    running: list[tuple[RunDir, RunningJob]] = []
+    jobs = select_jobs(job_states(runs_dir), statuses=statuses, pipeline=pipeline)
+    for state in newest_first(jobs):
+        run_dir = RunDir.of(runs_dir, state.job_id)
+        if _started(run_dir, state) >= cutoff or run_dir.path.is_symlink():
+            continue
+        process = running_job(run_dir)
+        if process is None:
+            remove.append(run_dir)
+        else:
+            running.append((run_dir, process))
+    return Prune(remove, running)
+
+
+def _started(run_dir: RunDir, state: JobState) -> _dt.datetime:
+    try:
+        return _dt.datetime.fromisoformat(state.started or "")
+    except ValueError:
+        mtime = run_dir.events_path.stat().st_mtime
+        return _dt.datetime.fromtimestamp(mtime, _dt.UTC)
