@@ -37,7 +37,14 @@ from .errors import (
     RetryableProviderError,
 )
 from .event_writer import EventEmitter
-from .providers import LLMRequest, LLMResponse, Provider, create_provider, max_concurrency
+from .providers import (
+    LLMRequest,
+    LLMResponse,
+    Provider,
+    create_provider,
+    max_concurrency,
+    stream_setting,
+)
 from .retry import RetryPolicy
 
 __all__ = ["STREAM_ABOVE_MAX_TOKENS", "ProviderLane", "prompt_sha256_of"]
@@ -106,7 +113,7 @@ class ProviderLane:
     def wants_stream(self, max_tokens: int | None) -> bool:
         """`stream` in `[providers.NAME]`: true, false, or "auto" (answers that may be long
         stream: no `max_tokens`, or more than `STREAM_ABOVE_MAX_TOKENS`)."""
-        setting = self.config.get("stream", "auto")
+        setting = stream_setting(self.name, self.config)
         if setting == "auto":
             return max_tokens is None or max_tokens > STREAM_ABOVE_MAX_TOKENS
         return setting is True

@@ -6,6 +6,7 @@ import trio
 import trio.testing
 
 from runner.circuit_breaker import CircuitBreaker
+from runner.config import Settings
 from runner.errors import (
     CircuitOpenError,
     PermanentProviderError,
@@ -387,3 +388,26 @@ async def test_a_provider_bug_is_logged_and_surfaces(autojump_clock, channel):
         await call(ScriptedProvider([KeyError("choices")]), emitter)
 
     assert [request_event(1), response_event(1, "error", error="'choices'")] == drain(events)
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "max_tokens", "streamed"),
+    [
+        ("local", {}, 64, True),  # a small CPU may take minutes: stream, and be heard
+        ("local", {"stream": False}, 64, False),
+        ("local", {"stream": "auto"}, 64, False),
+        ("openai", {}, 64, False),
+        ("openai", {}, 4096, True),
+    ],
+)
+async def test_the_default_stream_setting_depends_on_the_provider(
+    tmp_path, channel, name, config, max_tokens, streamed
+):
+    emitter, _ = channel
+    lane = ProviderLane.open(
+        name, settings=Settings(), config=config, emitter=emitter, job_dir=tmp_path
+    )
+    try:
+        assert streamed == lane.wants_stream(max_tokens)
+    finally:
+        await lane.aclose()

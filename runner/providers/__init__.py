@@ -20,6 +20,7 @@ __all__ = [
     "check_providers",
     "create_provider",
     "max_concurrency",
+    "stream_setting",
 ]
 
 # name -> "module:Class", imported on first use so the CLI starts fast.
@@ -62,6 +63,14 @@ def max_concurrency(name: str, config: Mapping[str, Any]) -> int | None:
     if isinstance(limit, int) and limit > 0:
         return limit
     return 1 if name == "local" else None
+
+
+def stream_setting(name: str, config: Mapping[str, Any]) -> bool | str:
+    """`stream` of `[providers.NAME]`: true, false or "auto". Unset, `local` streams
+    (a small CPU may take longer than `PROVIDER_TIMEOUT_S` to write a whole answer, and
+    the silence deadline hears each token of a stream); the others are "auto"."""
+    setting: bool | str = config.get("stream", True if name == "local" else "auto")
+    return setting
 
 
 def check_providers(calls: Mapping[tuple[str, str], list[str]], settings: Settings) -> None:
