@@ -58,16 +58,16 @@ async def one_job(runs_dir: Path, steps: int, round_: int) -> float:
     return elapsed
 
 
-async def index_cost(runs_dir: Path) -> tuple[float, float]:
+def index_cost(runs_dir: Path) -> tuple[float, float]:
     """(seconds to index the runs dir once, seconds per lookup after that)."""
     earlier = EarlierJobs(runs_dir, pipeline=NAME, job_id="none")
     started = time.perf_counter()
-    await earlier.find("0" * 64)  # the first lookup builds the index
+    earlier.find("0" * 64)  # the first lookup builds the index
     built = time.perf_counter() - started
     keys = [f"{i:064x}" for i in range(10_000)]
     started = time.perf_counter()
     for key in keys:
-        await earlier.find(key)
+        earlier.find(key)
     return built, (time.perf_counter() - started) / len(keys)
 
 
@@ -89,7 +89,7 @@ def main() -> None:
         for round_ in range(args.repeat):
             times["earlier"].append(trio.run(one_job, full, args.steps, round_))
             times["alone"].append(trio.run(one_job, empty, args.steps, round_))
-        built, lookup = trio.run(index_cost, full)
+        built, lookup = index_cost(full)
     earlier, alone = (statistics.median(times[k]) for k in ("earlier", "alone"))
     print(f"job of {args.steps} missing steps, median of {args.repeat}:")
     print(f"  with {args.jobs} earlier jobs  {earlier * 1000:8.1f} ms")

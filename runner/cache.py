@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import trio
 
 from ._json import loads, sorted_json
 from .filestore import FsyncPolicy, safe_write, write_atomic
@@ -118,7 +117,7 @@ class Cache:
         response = _read_entry(self.root / self._relpath(key), key)
         if response is not None:
             return CacheHit(response)
-        found = await self._earlier.find(key) if self._earlier is not None else None
+        found = self._earlier.find(key) if self._earlier is not None else None
         if found is None:
             return None
         job_id, path = found
@@ -185,15 +184,14 @@ class EarlierJobs:
         self._pipeline = pipeline
         self._job_id = job_id
         self._entries: dict[str, tuple[str, str]] | None = None
-        self._indexing = trio.Lock()
 
-    async def find(self, key: str) -> tuple[str, Path] | None:
+    def find(self, key: str) -> tuple[str, Path] | None:
         """(job id, entry path) of the newest earlier job holding `key`, or None."""
-        async with self._indexing:  # the steps that miss first wait for one index
-            if self._entries is None:
-                # A worker thread: reading 1,000 jobs' directories takes ~0.1 s, in which
-                # the job's other steps go on.
-                self._entries = await trio.to_thread.run_sync(self._index)
+        if self._entries is None:
+            # In the event loop, once per job: ~0.1 s for 1,000 earlier jobs, ~1 ms for
+            # a few dozen (bench/cache_lookup.py). A worker thread would not stall the
+            # other steps, but would make the job's timing depend on a thread.
+            self._entries = self._index()
         found = self._entries.get(key)
         return None if found is None else (found[0], Path(found[1]))
 
