@@ -206,48 +206,74 @@ def complete_lines(file: BinaryIO) -> Iterator[bytes]:
 _CHUNK = 1 << 16
 
 
+class LogReader:
+    """Reads a growing log's new complete lines, from where it stopped last time.
+
+    The one reader behind `follow_events()` and `runner.follow.follow_job()`. A torn
+    line is never parsed: it is held back until its newline arrives, and the reader
+    never moves past it.
+
+    A partial line is never held in memory: `offset` is where the first unconsumed byte
+    is, and each read starts again from there. So when a resumed job cuts off a line its
+    crash tore and appends over it, we read the new bytes, never the torn ones glued to
+    them.
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        # `file` must be unbuffered: a buffered reader's seek() back into its buffer
+        # would serve stale bytes.
+        self._file = file
+        self.offset = 0
+        self.last_type: str | None = None
+        self.partial = False
+
+    @property
+    def finished(self) -> bool:
+        """Whether the last complete line is job.finished, with nothing after it.
+
+        A resumed job appends a new run after job.finished: a job.finished followed
+        by anything, even a partial line, is not the end.
+        """
+        return self.last_type == "job.finished" and not self.partial
+
+    def read_new(self) -> Iterator[Event]:
+        """The events of the complete lines written since the last read, in order."""
+        self._file.seek(self.offset)
+        buffer = b""
+        while True:
+            chunk = self._file.read(_CHUNK)
+            buffer += chunk
+            cut = buffer.rfind(b"\n")
+            if cut >= 0:
+                lines, buffer = buffer[:cut].split(b"\n"), buffer[cut + 1 :]
+                self.offset += cut + 1
+                for line in lines:
+                    event = parse_line(line) if line.strip() else None
+                    if event is not None:
+                        self.last_type = event["type"]
+                        yield event
+            if len(chunk) < _CHUNK:
+                # The end of the file for now. A partial line left in `buffer` is read
+                # again next time, from its start, never glued to bytes that may
+                # replace it meanwhile (a resume cuts a torn line off).
+                self.partial = bool(buffer)
+                return
+
+
 def follow_events(path: str | os.PathLike[str], poll_s: float = 0.02) -> Iterator[Event]:
     """Yield a live log's events as complete lines arrive; end after job.finished at its end.
 
-    Waits for the log to appear. A torn line is never printed: it is held back until
-    its newline arrives, and the reader never moves past it.
-
-    A partial line is never held in memory: `offset` is where the first unconsumed byte
-    is, and each poll reads again from there. So when a resumed job cuts off a line its
-    crash tore and appends over it, we read the new bytes, never the torn ones glued to
-    them.
+    Waits for the log to appear, and follows it for as long as it takes: to also end
+    when the job's process is gone, or to give up waiting, use
+    `runner.follow.follow_job()`. A torn line is never yielded (see `LogReader`).
     """
     path = Path(path)
     while not path.exists():
         time.sleep(poll_s)
-    # Unbuffered: a buffered reader's seek() back into its buffer would serve stale bytes.
     with open(path, "rb", buffering=0) as file:
-        offset = 0
-        finished = False
+        reader = LogReader(file)
         while True:
-            file.seek(offset)
-            consumed = 0
-            buffer = b""
-            while True:
-                chunk = file.read(_CHUNK)
-                buffer += chunk
-                cut = buffer.rfind(b"\n")
-                if cut >= 0:
-                    for line in buffer[:cut].split(b"\n"):
-                        event = parse_line(line) if line.strip() else None
-                        if event is not None:
-                            # A resumed job appends a new run after job.finished: stop
-                            # only when job.finished is the last complete line.
-                            finished = event["type"] == "job.finished"
-                            yield event
-                    consumed += cut + 1
-                    buffer = buffer[cut + 1 :]
-                if len(chunk) < _CHUNK:
-                    # The end of the file for now. A partial line left in `buffer` is read
-                    # again next time, from its start, never glued to bytes that may
-                    # replace it meanwhile (a resume cuts a torn line off).
-                    break
-            offset += consumed
-            if finished and not buffer:
+            yield from reader.read_new()
+            if reader.finished:
                 return
             time.sleep(poll_s)

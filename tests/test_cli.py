@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import events, invoke
 
+from runner.run_dir import RunDir
+
 ROOT = Path(__file__).parent.parent
 EXAMPLE = str(ROOT / "examples" / "app_builder.toml")
 # The example runs a real model by default; these tests run its scripted, offline version.
@@ -266,12 +268,14 @@ def test_tail_follow_never_prints_half_a_line(tmp_path: Path) -> None:
         '"data":{"status":"succeeded"}}\n'
     )
     log.write_text(first + last[:40])  # a torn, still-being-written line
+    writer = RunDir(run_dir).lock()  # the job's process holds the lock: it is running
     follower = _spawn("tail", "j", "-f", "--json", cwd=tmp_path)
     line = follower.stdout.readline()  # type: ignore[union-attr]
     assert first == line
     with open(log, "a") as file:
         file.write(last[40:])
     out, _ = follower.communicate(timeout=20)
+    os.close(writer)
     assert (0, last) == (follower.returncode, out)
 
 
@@ -286,12 +290,12 @@ def test_tail_follow_after_a_crash_prints_the_resumed_lines_not_the_torn_one(
     log = run_dir / "events.jsonl"
     first = event_line(make_event("j", "job.started"))
     log.write_bytes(first + b'{"ts":"torn-by-a-crash","level":"INF')
+    fd = RunDir(run_dir).lock()  # a resume has locked the log (else tail -f says it is gone)
     follower = _spawn("tail", "j", "-f", "--json", cwd=tmp_path)
     assert first.decode() == follower.stdout.readline()  # type: ignore[union-attr]
     # What a resume does: cut the torn line off, then append where it was.
     resumed = [event_line(make_event("j", "job.started", data={"resume": True}))]
     resumed.append(event_line(make_event("j", "job.finished", data={"status": "succeeded"})))
-    fd = os.open(log, os.O_RDWR | os.O_APPEND)
     try:
         _cut_torn_tail(fd)
         for line in resumed:
