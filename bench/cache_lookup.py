@@ -45,7 +45,9 @@ async def fill(runs_dir: Path, jobs: int, entries: int) -> None:
     settings = Settings(fsync="never")
     for job in range(jobs):
         prompts = [f"earlier job {job} question {i}" for i in range(entries)]
-        await run_dag(pipeline_of(prompts), runs_dir=runs_dir, settings=settings)
+        await run_dag(
+            pipeline_of(prompts), runs_dir=runs_dir, job_id=f"earlier-{job}", settings=settings
+        )
 
 
 async def one_job(runs_dir: Path, steps: int, round_: int) -> float:

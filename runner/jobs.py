@@ -44,6 +44,16 @@ def new_job_id(pipeline_name: str) -> str:
     return f"{pipeline_name}-{stamp}-{secrets.token_hex(2)}"
 
 
+def _unused_job_id(pipeline_name: str, runs_dir: str | os.PathLike[str]) -> str:
+    # Four hex digits: jobs started in the same second (a loop in a program) can draw
+    # the same id; draw again rather than fail with "already exists".
+    for _ in range(100):
+        job_id = new_job_id(pipeline_name)
+        if not os.path.lexists(os.path.join(runs_dir, job_id)):
+            break
+    return job_id
+
+
 def read_completed_steps(events_path: str | os.PathLike[str]) -> set[str]:
     """Steps whose last terminal event is `step.succeeded` and whose output still has that hash.
 
@@ -129,7 +139,7 @@ async def open_job(
     if job_id is None:
         if options.resume:
             raise JobError("resume needs a job id")
-        job_id = new_job_id(pipeline.name)
+        job_id = _unused_job_id(pipeline.name, options.runs_dir or settings.runs_dir)
     run_dir = RunDir.of(options.runs_dir or settings.runs_dir, job_id)
     if options.resume:
         log_fd = run_dir.open_existing()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import threading
 from pathlib import Path
@@ -11,7 +12,8 @@ import trio
 from helpers import events, fake_pipeline, kinds, of_type
 
 import runner
-from runner import JobError, Settings, Step, StepContext, open_job, run_dag
+import runner.jobs
+from runner import JobError, Pipeline, Settings, Step, StepContext, open_job, run_dag
 
 FAST = Settings(fsync="never")  # no worker threads: autojump_clock stays exact
 
@@ -343,3 +345,23 @@ async def test_an_output_that_cannot_be_written_fails_the_step_not_the_job(
     failed = {e.get("step"): e.get("data") for e in of_type(job.run_dir, "step.failed")}
     assert ("StorageError", "UnicodeEncodeError") == (failed["a"]["error"], failed["c"]["error"])
     assert all(isinstance(data["duration_s"], float) for data in failed.values())
+
+
+async def test_a_generated_job_id_that_exists_is_drawn_again(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Jobs started in the same second can draw the same 4 hex digits. Make the first
+    # draw always taken (for the next minute's stamps), the second free.
+    now = datetime.datetime.now(datetime.UTC)
+    for second in range(60):
+        stamp = (now + datetime.timedelta(seconds=second)).strftime("%Y%m%dT%H%M%S")
+        (runs_dir / f"many-{stamp}-abcd").mkdir(parents=True)
+    draws = iter(["abcd", "ef01"])
+    monkeypatch.setattr(runner.jobs.secrets, "token_hex", lambda n: next(draws))
+
+    result = await run_dag(
+        Pipeline(name="many", steps=[Step("a", prompt="x")]), runs_dir=runs_dir, settings=Settings()
+    )
+
+    assert "succeeded" == result.status
+    assert result.job_id.endswith("-ef01")
