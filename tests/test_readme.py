@@ -267,6 +267,22 @@ async def check_provider(session: Session, ran: Ran, server_seen: int) -> None:
     assert "job succeeded" == ran.lines[-1]
 
 
+async def check_second_run(session: Session, ran: Ran, server_seen: int) -> None:
+    # A new job of the same pipeline and inputs: every answer from the first job's cache,
+    # so no model server starts at all.
+    runs = session.project / "runs"
+    jobs = sorted(p.name for p in runs.iterdir() if not p.name.startswith("."))
+    [second] = [job for job in jobs if job != session.job_id]
+    assert f"job {second} -> runs/{second}" == ran.lines[0]
+    assert "job succeeded" == ran.lines[-1]
+    logged = _events(runs / second)
+    hits = [e for e in logged if e["type"] == "cache.hit"]
+    assert [(step, session.job_id) for step in STEPS] == [
+        (e["step"], e["data"]["from_job"]) for e in hits
+    ]
+    assert [] == [e for e in logged if e["type"] in ("llm.request", "provider.started")]
+
+
 Check = Callable[[Session, Ran, int], Awaitable[None]]
 # A pattern of a command as written in the README -> what its output must show.
 CHECKS: dict[str, Check] = {
@@ -276,6 +292,7 @@ CHECKS: dict[str, Check] = {
     r"runner tail JOB_ID --type llm": check_tail_llm,
     r"runner tail -f JOB_ID": check_tail_follow,
     r"runner run examples/app_builder\.toml --resume --job-id JOB_ID": check_resume,
+    r"runner run examples/app_builder\.toml": check_second_run,
     r"(\w+=\S+ )*runner run examples/app_builder\.toml --provider ollama --model \S+": (
         check_provider
     ),
