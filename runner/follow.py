@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
-import re
 import time
 from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from typing import Literal
@@ -22,6 +21,7 @@ from typing import Literal
 import attrs
 
 from ._json import loads
+from .durations import parse_duration
 from .events import EVENT_TYPES, Event, Level, LogReader, level_at_least, matches_type
 from .run_dir import RunDir
 
@@ -44,8 +44,6 @@ _LEVEL_WORDS: dict[str, Level] = {
     "warning": "WARN",
     "error": "ERROR",
 }
-_DURATION = re.compile(r"(\d+)([smhd])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_level(text: str) -> Level:
@@ -61,14 +59,13 @@ def parse_level(text: str) -> Level:
 def parse_since(text: str, now: _dt.datetime | None = None) -> _dt.datetime:
     """The moment `--since` names, in UTC; `ValueError` when it names none.
 
-    A duration (`90s`, `10m`, `2h`, `1d`) is that long before `now`; otherwise an ISO 8601
+    A duration (`90s`, `10m`, `2h`, `1d`, `2w`) is that long before `now`; otherwise an ISO 8601
     time (`2026-11-24T05:23:34`, `2026-11-24T06:23:34+01:00`), read as UTC without a zone.
     """
-    duration = _DURATION.fullmatch(text.strip())
-    if duration:
-        count, unit = duration.groups()
-        now = now or _dt.datetime.now(_dt.UTC)
-        return now - _dt.timedelta(seconds=int(count) * _UNIT_S[unit])
+    try:
+        return (now or _dt.datetime.now(_dt.UTC)) - parse_duration(text)
+    except ValueError:
+        pass  # not a duration: a time, then
     try:
         moment = _dt.datetime.fromisoformat(text.strip())
     except ValueError:

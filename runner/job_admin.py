@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import re
 import shutil
 import signal
 import socket
@@ -36,7 +35,6 @@ __all__ = [
     "cancel_job",
     "check_removable",
     "disk_usage",
-    "parse_duration",
     "plan_prune",
     "remove_job",
     "running_job",
@@ -239,19 +237,6 @@ def _walk(path: Path) -> Iterator[Path]:
 
 
 # -- prune ---------------------------------------------------------------------------
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> _dt.timedelta:
-    """`90s`, `15m`, `12h`, `7d`, `2w` -> a timedelta; `ValueError` for anything else."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(
-            f"invalid duration {text!r}: expected a number and a unit, s, m, h, d or w (7d)"
-        )
-    return _dt.timedelta(seconds=float(match[1]) * _UNIT_S[match[2]])
 
 
 @attrs.frozen

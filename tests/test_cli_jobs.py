@@ -23,9 +23,10 @@ import pytest
 import trio
 from helpers import events, invoke, wait_until
 
+from runner.durations import parse_duration
 from runner.errors import JobError
 from runner.events import event_line, make_event
-from runner.job_admin import disk_usage, parse_duration, remove_job, wait_for_end
+from runner.job_admin import disk_usage, remove_job, wait_for_end
 from runner.run_dir import RunDir
 
 ROOT = Path(__file__).parent.parent

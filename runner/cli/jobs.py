@@ -15,12 +15,12 @@ from typing import Any
 import click
 import trio
 
+from ..durations import parse_duration
 from ..errors import JobError
 from ..job_admin import (
     cancel_job,
     check_removable,
     disk_usage,
-    parse_duration,
     plan_prune,
     remove_job,
     wait_for_end,
