@@ -27,7 +27,9 @@ from runner.testing import (
     open_fake_llm_server_in_thread,
 )
 
-SHORT = httpx.Timeout(0.2)
+# A hung answer shows as a ReadTimeout in 0.2 s; connecting to the loopback server may
+# take longer on a busy machine (CI saw a 0.2 s ConnectTimeout), and proves nothing here.
+SHORT = httpx.Timeout(10.0, read=0.2)
 MESSAGES = [
     {"role": "system", "content": "be brief"},
     {"role": "user", "content": "say hello to the world"},
@@ -1089,7 +1091,7 @@ def test_in_thread_serves_a_synchronous_client():
 def test_in_thread_stops_with_a_request_still_hanging():
     with open_fake_llm_server_in_thread() as server:
         server.script(Hang())
-        with httpx.Client(base_url=server.url, timeout=0.2) as client:
+        with httpx.Client(base_url=server.url, timeout=SHORT) as client:
             with pytest.raises(httpx.ReadTimeout):
                 client.post(PATHS["ollama"], json=chat_body("ollama"))
 
