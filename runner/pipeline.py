@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,8 @@ import attrs
 
 from .errors import PipelineError
 from .graph import find_cycle, topological_order
+from .pipeline_rules import FIELD_RULES, NAME_PATTERN, STEP_ONLY_RULES, Rules, provider_fields
+from .providers import PROVIDER_NAMES as _PROVIDERS
 from .templates import referenced_inputs, template_problem
 
 if TYPE_CHECKING:
@@ -29,80 +30,8 @@ __all__ = ["InputSpec", "Pipeline", "Step"]
 
 StepFunction = Callable[["StepContext"], Awaitable[str]]
 
-_PROVIDERS = ("fake", "openai", "anthropic", "ollama", "local")
-# The names of the pipeline and its steps. \Z, not $: "$" also matches before a trailing newline.
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*\Z")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-# Field -> (check of type and range, what it expects). Shared by [defaults] and [steps.X].
-FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "provider": (lambda v: isinstance(v, str), "a provider name"),
-    "model": (lambda v: isinstance(v, str) and v != "", "a model name"),
-    "system": (lambda v: isinstance(v, str), "a string"),
-    "temperature": (lambda v: _is_number(v) and 0 <= v <= 2, "a number from 0 to 2"),
-    "top_p": (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
-    "max_tokens": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
-    "stop": (
-        lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
-        "a list of strings",
-    ),
-    "seed": (_is_int, "a whole number"),
-    "files": (lambda v: isinstance(v, bool), "true or false"),
-    "timeout_s": (lambda v: _is_number(v) and v > 0, "a positive number of seconds"),
-    "attempt_cap_s": (lambda v: _is_number(v) and v > 0, "a positive number of seconds"),
-    "retries": (lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
-    "options": (lambda v: isinstance(v, Mapping), "a table of provider options"),
-    "omit": (
-        lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
-        "a list of request fields",
-    ),
-}
-STEP_ONLY_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "prompt": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
-    "needs": (
-        lambda v: isinstance(v, list | tuple) and all(isinstance(s, str) for s in v),
-        "a list of step names",
-    ),
-}
-# [providers.NAME] tables.
-_PROVIDER_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "max_concurrency": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
-    "stream": (lambda v: isinstance(v, bool) or v == "auto", 'true, false or "auto"'),
-}
-_OPENAI_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "token_limit_field": (
-        lambda v: v in ("max_tokens", "max_completion_tokens"),
-        '"max_tokens" or "max_completion_tokens"',
-    ),
-}
-_LOCAL_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "context_size": (lambda v: _is_int(v) and v >= 256, "a whole number of tokens >= 256"),
-    "threads": (lambda v: _is_int(v) and v > 0, "a positive whole number"),
-    "start_timeout_s": (lambda v: _is_number(v) and v > 0, "a positive number of seconds"),
-}
-_FAKE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "latency_s": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
-    "replies": (
-        lambda v: isinstance(v, Mapping) and all(isinstance(t, str) for t in v.values()),
-        "a table of step = reply text",
-    ),
-    "errors": (
-        lambda v: isinstance(v, Mapping) and all(isinstance(t, str) for t in v.values()),
-        "a table of step = error message",
-    ),
-}
 # Generation parameters have no built-in default: what a pipeline does not set is not
 # sent, and the model uses its own (current models refuse some parameters outright).
-# Each provider's own [providers.NAME] fields.
-_OWN_FIELDS = {"fake": _FAKE_FIELDS, "openai": _OPENAI_FIELDS, "local": _LOCAL_FIELDS}
 _BUILTIN_DEFAULTS: dict[str, Any] = {"provider": "fake", "model": "echo"}
 
 
@@ -351,8 +280,7 @@ def _validate(pipeline: Pipeline) -> None:
             )
         if not isinstance(settings, Mapping):
             raise fail(f"providers.{provider_name}", "expected a table")
-        allowed = _PROVIDER_FIELDS | _OWN_FIELDS.get(provider_name, {})
-        _fields(settings, f"providers.{provider_name}", allowed, fail)
+        _fields(settings, f"providers.{provider_name}", provider_fields(provider_name), fail)
     if not pipeline.steps:
         raise fail("steps", "a pipeline needs at least one step")
     names: set[str] = set()
@@ -410,7 +338,7 @@ def _validate(pipeline: Pipeline) -> None:
 def _fields(
     spec: Mapping[str, Any],
     where: str,
-    allowed: Mapping[str, tuple[Callable[[Any], bool], str]],
+    allowed: Rules,
     fail: Callable[[str, str], PipelineError],
 ) -> None:
     for key, value in spec.items():

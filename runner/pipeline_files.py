@@ -23,15 +23,8 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn
 
 from .errors import PipelineError
-from .pipeline import (
-    FIELD_RULES,
-    NAME_PATTERN,
-    STEP_ONLY_RULES,
-    InputSpec,
-    Pipeline,
-    Step,
-    StepFunction,
-)
+from .pipeline import InputSpec, Pipeline, Step, StepFunction
+from .pipeline_rules import FIELD_RULES, NAME_PATTERN, STEP_ONLY_RULES
 
 __all__ = ["load_pipeline", "pipeline_from_dict"]
 
