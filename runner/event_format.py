@@ -8,12 +8,29 @@ from typing import Any
 
 from .events import Event
 
-__all__ = ["format_event"]
+__all__ = ["HASH_FIELDS", "STATUS_COLORS", "format_event", "short_hash"]
 
 #: The fields that hold a SHA-256 (64 hex digits); a person needs only its start.
 HASH_FIELDS = frozenset({"sha256", "output_sha256", "prompt_sha256", "key", "pipeline_sha256"})
 _HASH = re.compile(r"[0-9a-f]{64}")
 _HASH_SHOWN = 12
+
+#: A job's or a step's status word on a terminal: the same colour in every command
+#: (click and rich both know these names).
+STATUS_COLORS = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "interrupted": "yellow",
+    "running": "cyan",
+    "skipped": "bright_black",
+    "pending": "bright_black",
+}
+
+
+def short_hash(sha256: str | None) -> str:
+    """A SHA-256 as a person reads it: its first 12 hex digits (`-` for none)."""
+    return "-" if sha256 is None else sha256[:_HASH_SHOWN]
 
 
 def format_event(event: Event) -> str:
@@ -32,7 +49,7 @@ def format_event(event: Event) -> str:
 def _value(field: str, value: Any) -> str:
     if isinstance(value, str):
         if field in HASH_FIELDS and _HASH.fullmatch(value):
-            return value[:_HASH_SHOWN]
+            return short_hash(value)
         if value.isprintable():
             return value
         # A newline or a control character would break the one line or drive the

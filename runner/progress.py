@@ -30,7 +30,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
-from .event_format import format_event
+from .event_format import STATUS_COLORS, format_event
 from .events import Event
 from .job_state import (
     CANCELLED,
@@ -75,14 +75,6 @@ _ICONS = {
     FAILED: "✗",
     SKIPPED: "-",
     CANCELLED: "!",
-}
-_STYLES = {
-    PENDING: "dim",
-    RUNNING: "yellow",
-    SUCCEEDED: "green",
-    FAILED: "red",
-    SKIPPED: "dim",
-    CANCELLED: "magenta",
 }
 _NAME_WIDTH_MAX = 28
 #: Rows below the final step rows: the summary, `job <status>` and the cursor's line.
@@ -271,7 +263,7 @@ class LiveView(Progress):
         tally, width = self.tally, self._name_width
         status = tally.status_of(name)
         seconds = tally.seconds(name)
-        style = _STYLES[status]
+        style = STATUS_COLORS[status]
         row = Text(no_wrap=True, overflow="ellipsis")
         row.append(f"{indent}{_ICONS[status]} ", style=style)
         row.append(f"{_cut(name, width):<{width}}  ")

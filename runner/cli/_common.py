@@ -12,6 +12,7 @@ import click
 
 from ..config import Settings
 from ..errors import ConfigError, JobError
+from ..event_format import STATUS_COLORS
 from ..job_index import resolve_job
 from ..run_dir import RunDir
 
@@ -64,3 +65,8 @@ def job_id_of(runs_dir: Path, reference: str, *, pipeline: str | None = None) ->
         return resolve_job(runs_dir, reference, pipeline=pipeline)
     except JobError as exc:
         fail(str(exc))
+
+
+def styled_status(status: str, width: int = 0) -> str:
+    """`status` padded to `width`, in its colour (click drops it when not on a terminal)."""
+    return click.style(status.ljust(width), fg=STATUS_COLORS.get(status))

@@ -17,8 +17,7 @@ from ..job_state import fold_log
 from ..pipeline_files import load_pipeline
 from ..run_dir import RunDir, is_valid_job_id
 from . import cli
-from ._common import fail, job_id_of, runs_dir_option, runs_dir_or_default
-from .jobs import styled_status
+from ._common import fail, job_id_of, runs_dir_option, runs_dir_or_default, styled_status
 
 Needs = dict[str, tuple[str, ...]]
 

@@ -38,22 +38,8 @@ from ._common import (
     run_dir_of,
     runs_dir_option,
     runs_dir_or_default,
+    styled_status,
 )
-
-# A status word's colour on a terminal (click drops the colour when output is not one).
-STATUS_COLORS = {
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "yellow",
-    "interrupted": "yellow",
-    "running": "cyan",
-    "skipped": "bright_black",
-}
-
-
-def styled_status(status: str, width: int = 0) -> str:
-    """`status` padded to `width`, coloured by `STATUS_COLORS`."""
-    return click.style(status.ljust(width), fg=STATUS_COLORS.get(status))
 
 
 def _status_option(fn: Any) -> Any:

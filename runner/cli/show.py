@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from ..event_format import short_hash
 from ..job_state import JobState, fold_log
 from ..run_dir import RunDir
 from ..step_report import Prompt, StepReport, UnknownStepError, step_report
@@ -21,7 +22,6 @@ from ._common import events_path, fail, job_id_of, run_dir_of, runs_dir_option, 
 #: The last column never gets narrower than this, however narrow the terminal.
 _MIN_LAST_COLUMN = 20
 #: Human output shortens hashes to this many hex digits (`--json` keeps them whole).
-_SHORT_HASH = 12
 
 
 @cli.command()
@@ -109,10 +109,6 @@ def _num(value: int | None) -> str:
 
 def _duration(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.2f}s"
-
-
-def _short(sha256: str | None) -> str:
-    return "-" if sha256 is None else sha256[:_SHORT_HASH]
 
 
 def _show_document(state: JobState) -> dict[str, Any]:
@@ -233,7 +229,7 @@ def _prompt_lines(report: StepReport) -> list[str]:
         return [f"prompt: {report.prompt_problem or 'unknown'}"]
     prompt = report.prompt
     return [
-        f"prompt sha256 {_short(prompt.sha256)} {_sent_note(report, prompt)}",
+        f"prompt sha256 {short_hash(prompt.sha256)} {_sent_note(report, prompt)}",
         "system prompt:",
         *(_block(prompt.system) if prompt.system is not None else ["  (none)"]),
         "user prompt:",
@@ -247,7 +243,7 @@ def _sent_note(report: StepReport, prompt: Prompt) -> str:
     if prompt.as_sent is False:
         return (
             "(re-rendered now: differs from what was sent, an upstream output changed since;"
-            f" sent {_short(prompt.sent_sha256)})"
+            f" sent {short_hash(prompt.sent_sha256)})"
         )
     if report.cached:
         return "(re-rendered now; not sent: answered from the cache)"
@@ -269,7 +265,7 @@ def _file_lines(report: StepReport) -> list[str]:
     if not report.files:
         return ["files written: none"]
     rows = [("PATH", "SHA256", "WRITE")]
-    rows += [(f.path, _short(f.sha256), f.reason) for f in report.files]
+    rows += [(f.path, short_hash(f.sha256), f.reason) for f in report.files]
     return ["files written:", *_table(rows, wide=True, indent="  ")]
 
 
