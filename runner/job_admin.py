@@ -18,15 +18,15 @@ import signal
 import socket
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import attrs
 import trio
 
-from ._json import loads
 from .errors import JobError
+from .events import LogReader
 from .job_index import job_states, newest_first, select_jobs
-from .job_state import JobState
+from .job_state import RUNNING, JobState, fold_log
 from .run_dir import RunDir
 
 __all__ = [
@@ -40,9 +40,6 @@ __all__ = [
     "running_job",
     "wait_for_end",
 ]
-
-_JOB_STARTED = b'"type":"job.started"'
-_JOB_FINISHED = b'"type":"job.finished"'
 
 
 @attrs.frozen
@@ -75,49 +72,16 @@ class RunningJob:
 def running_job(run_dir: RunDir) -> RunningJob | None:
     """The job's process if it is running (see the module docstring), else None."""
     locked = run_dir.is_running()
-    start, ended = _last_run(run_dir.events_path)
-    if start is None or ended:
+    try:
+        state = fold_log(run_dir.events_path, families=("job",))
+    except FileNotFoundError:
+        state = JobState()
+    if state.status != RUNNING:
         # Locked with no open run in the log: a run is starting (or just ending).
         return RunningJob(None, None, locked=True) if locked else None
-    host, pid = start.get("host"), start.get("pid")
-    host = host if isinstance(host, str) else None
-    pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
-    if locked or (host is not None and host != socket.gethostname()):
-        return RunningJob(host, pid, locked=locked)
+    if locked or (state.host is not None and state.host != socket.gethostname()):
+        return RunningJob(state.host, state.pid, locked=locked)
     return None
-
-
-def _last_run(events_path: Path) -> tuple[dict[str, Any] | None, bool]:
-    """The data of the log's last `job.started` (None if none), and whether an end follows."""
-    start: dict[str, Any] | None = None
-    ended = False
-    try:
-        file = open(events_path, "rb")
-    except FileNotFoundError:
-        return start, ended
-    with file:
-        for line in file:
-            # Decode only job.* lines: the writer puts the type before `data`, and a JSON
-            # string escapes its quotes, so no value can pass for it.
-            if _JOB_STARTED in line:
-                record = _record(line, "job.started")
-                if record is not None:
-                    data = record.get("data")
-                    start, ended = (data if isinstance(data, dict) else {}), False
-            elif _JOB_FINISHED in line and _record(line, "job.finished") is not None:
-                ended = True
-    return start, ended
-
-
-def _record(line: bytes, kind: str) -> dict[str, Any] | None:
-    """The event on a complete log line if it is of type `kind`, else None."""
-    if not line.endswith(b"\n"):
-        return None  # torn, or still being written
-    try:
-        record = loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and record.get("type") == kind else None
 
 
 # -- cancel --------------------------------------------------------------------------
@@ -155,30 +119,23 @@ async def wait_for_end(run_dir: RunDir, offset: int, *, poll_s: float = 0.05) ->
     process let go of the lock without logging an end (it was killed). Polls the log's
     new bytes only; the caller bounds the wait (`trio.fail_after`).
     """
-    while True:
-        locked = run_dir.is_running()  # before reading: an end is logged before the lock goes
-        status, offset = _finished_after(run_dir.events_path, offset)
-        if status is not None:
-            return status
-        if not locked:
-            return "interrupted"
-        await trio.sleep(poll_s)
+    with _open_log(run_dir) as file:
+        reader = LogReader(file)
+        reader.offset = offset
+        while True:
+            locked = run_dir.is_running()  # before reading: an end is logged before the lock goes
+            for event in reader.read_new():
+                if event["type"] == "job.finished":
+                    status = (event.get("data") or {}).get("status")
+                    return status if isinstance(status, str) else "failed"
+            if not locked:
+                return "interrupted"
+            await trio.sleep(poll_s)
 
 
-def _finished_after(events_path: Path, offset: int) -> tuple[str | None, int]:
-    """The status of a `job.finished` among the complete lines after `offset`; the new offset."""
-    with open(events_path, "rb") as file:
-        file.seek(offset)
-        data = file.read()
-    complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
-    status = None
-    for line in complete.splitlines(keepends=True):
-        record = _record(line, "job.finished") if _JOB_FINISHED in line else None
-        if record is not None:
-            fields = record.get("data")
-            found = fields.get("status") if isinstance(fields, dict) else None
-            status = found if isinstance(found, str) else "failed"
-    return status, offset + len(complete)
+def _open_log(run_dir: RunDir) -> BinaryIO:
+    # Unbuffered, as `LogReader` needs; opening a local file does not block to speak of.
+    return open(run_dir.events_path, "rb", buffering=0)
 
 
 # -- remove --------------------------------------------------------------------------

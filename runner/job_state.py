@@ -79,7 +79,9 @@ class JobState:
     started: str | None = None
     finished: str | None = None
     duration_s: float | None = None
+    #: The process and host of the last run, as its `job.started` logged them.
     pid: int | None = None
+    host: str | None = None
     runs: int = 0
     events: int = 0
 
@@ -149,8 +151,9 @@ class JobState:
         self.status = RUNNING
         self.started = self.started or ts
         self.finished = None
-        same_host = data.get("host") == socket.gethostname()
-        self.pid = data.get("pid") if same_host else None
+        pid, host = data.get("pid"), data.get("host")
+        self.pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+        self.host = host if isinstance(host, str) else None
         for name in data.get("steps", ()):
             self.steps.setdefault(name, StepState())
         for step in self.steps.values():
@@ -191,9 +194,15 @@ class JobState:
     def manifest_bytes(self) -> bytes:
         return sorted_json(self.manifest(), indent=True) + b"\n"
 
+    @property
+    def runs_here(self) -> bool:
+        """Whether the last run's process was started on this host (so its pid means
+        something here)."""
+        return self.pid is not None and self.host == socket.gethostname()
+
     def display_status(self) -> str:
         """The job's status word; an unfinished job whose process is gone reads `interrupted`."""
-        if self.status == RUNNING and self.pid is not None and not _pid_alive(self.pid):
+        if self.status == RUNNING and self.runs_here and not _pid_alive(self.pid or 0):
             return "interrupted"
         return self.status
 
