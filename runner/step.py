@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,12 +29,12 @@ from .config import Settings
 from .errors import PathEscapeError, ProviderError, RunnerError
 from .event_writer import EventEmitter
 from .fences import parse_file_blocks
-from .filestore import DirtyDirs, WriteResult
+from .filestore import DirtyDirs, WriteResult, sha256_bytes
 from .pipeline import Step
 from .provider_lane import ProviderLane
 from .providers.base import LLMRequest, LLMResponse
 from .run_dir import RunDir
-from .templates import render
+from .templates import render_prompts
 
 __all__ = ["Handoff", "StepContext", "StepServices", "run_step"]
 
@@ -191,7 +190,7 @@ async def _live(
         # None: the output vanished since resume checked it, so the step runs again.
         stored = services.run_dir.read_output(name)
         if stored is not None:
-            await emitter.step_skipped(name, "resumed", output_sha256=_sha256(stored))
+            await emitter.step_skipped(name, "resumed", output_sha256=sha256_bytes(stored.encode()))
             return Handoff(name, ok=True, output=stored, upstream=received)
     limiter = services.step_limiter or contextlib.nullcontext()
     async with limiter:
@@ -309,10 +308,11 @@ async def _call_llm(services: StepServices, step: Step, outputs: Mapping[str, st
     assert step.provider is not None
     assert step.model is not None
     lane = services.lanes[step.provider]
+    prompt, system = render_prompts(step, services.inputs, outputs)
     request = LLMRequest(
         model=step.model,
-        prompt=render(step.prompt, services.inputs, outputs),
-        system=render(step.system, services.inputs, outputs) if step.system else None,
+        prompt=prompt,
+        system=system,
         temperature=None if step.temperature is None else float(step.temperature),
         top_p=None if step.top_p is None else float(step.top_p),
         max_tokens=step.max_tokens,
@@ -388,7 +388,3 @@ async def _write_output(
         )
     except (RunnerError, UnicodeError) as exc:
         raise _StepFailed(type(exc).__name__, str(exc), attempts) from None
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

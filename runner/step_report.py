@@ -16,7 +16,6 @@ Library code: no printing; `runner/cli/show.py` turns a `StepReport` into lines 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,13 +24,14 @@ import attrs
 from ._json import loads
 from .errors import JobError, PipelineError
 from .events import read_events
+from .filestore import sha256_bytes
 from .job_state import JobState
 from .pipeline import Pipeline
 from .pipeline_files import pipeline_from_dict
 from .provider_lane import prompt_sha256_of
 from .providers.base import LLMRequest
 from .run_dir import RunDir
-from .templates import render
+from .templates import render_prompts
 
 __all__ = [
     "Attempt",
@@ -151,7 +151,7 @@ class StepReport:
         """Whether `outputs/<step>.txt` still holds what the step wrote (None: nothing recorded)."""
         if self.output is None or self.output_sha256 is None:
             return None
-        return _sha256(self.output) == self.output_sha256
+        return sha256_bytes(self.output.encode()) == self.output_sha256
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-able data, hashes in full."""
@@ -290,9 +290,7 @@ def _prompts(
     outputs = _StoredOutputs(run_dir, pipeline.step_names)
     inputs = execution.inputs or {}
     try:
-        # As `step._call_llm` renders them.
-        user = render(step.prompt, inputs, outputs)
-        system = render(step.system, inputs, outputs) if step.system else None
+        user, system = render_prompts(step, inputs, outputs)
     except _MissingOutputError as exc:
         return None, None, f"cannot render the prompt: {exc.args[0]}"
     except KeyError as exc:
@@ -356,7 +354,3 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"no {exc.args[0]!r}"
     return str(exc) or type(exc).__name__
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from .errors import PipelineError
 from .graph import ancestors
+
+if TYPE_CHECKING:
+    from .pipeline import Step
 
 __all__ = ["referenced_inputs", "render", "template_problem"]
 
@@ -30,6 +34,19 @@ def render(template: str, inputs: Mapping[str, str], outputs: Mapping[str, str])
         raise PipelineError(f"unsupported template expression {{{{{expr}}}}}")
 
     return _TEMPLATE.sub(substitute, template)
+
+
+def render_prompts(
+    step: Step, inputs: Mapping[str, str], outputs: Mapping[str, str]
+) -> tuple[str, str | None]:
+    """A resolved LLM step's (user prompt, system prompt or None), as it sends them.
+
+    One rendering for the step that calls its model and for `runner show --step`,
+    which renders them again to show what was sent.
+    """
+    assert step.prompt is not None
+    system = render(step.system, inputs, outputs) if step.system else None
+    return render(step.prompt, inputs, outputs), system
 
 
 def referenced_inputs(text: str) -> set[str]:
