@@ -228,9 +228,11 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str | None:
-    """The file's SHA-256, or None when it does not exist."""
+    """The file's SHA-256, or None when it does not exist. Read in chunks: a model file
+    (provider `local`) can be bigger than the memory."""
     try:
-        return sha256_bytes(Path(path).read_bytes())
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,3 +222,25 @@ def _events(run_dir: Path) -> list[Event]:
     from runner import read_events
 
     return list(read_events(run_dir / "events.jsonl"))
+
+
+def test_sha256_file_reads_in_chunks_a_file_bigger_than_the_memory(tmp_path: Path) -> None:
+    # A model file can be bigger than the memory: hash a 1 GiB file (sparse, so it
+    # costs no disk) in a process that may not hold 600 MB at once.
+    big = tmp_path / "model.gguf"
+    with open(big, "wb") as file:
+        file.truncate(1 << 30)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (600 << 20, 600 << 20))\n"
+        "from runner.filestore import sha256_file\n"
+        "print(sha256_file(sys.argv[1]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(big)], capture_output=True, text=True, check=False
+    )
+    expected = hashlib.sha256()
+    chunk = bytes(1 << 20)
+    for _ in range(1 << 10):
+        expected.update(chunk)
+    assert (0, expected.hexdigest()) == (done.returncode, done.stdout.strip()), done.stderr
