@@ -68,7 +68,8 @@ class ProviderLane:
     #: `PROVIDER_ATTEMPT_CAP_S`: at most this long for a whole attempt (None: no cap).
     attempt_cap_s: float | None = None
     _mode_warned: bool = attrs.field(default=False, init=False)
-    _start_failures_told: dict[str, bool] = attrs.field(factory=dict, init=False)
+    #: The models whose failed start was logged (`provider.failed`, once per model).
+    _start_failures_told: set[str] = attrs.field(factory=set, init=False)
 
     @classmethod
     def open(
@@ -171,8 +172,8 @@ class ProviderLane:
         try:
             started = await self.provider.prepare(model)
         except ProviderStartError as exc:
-            if not self._start_failures_told.get(model):
-                self._start_failures_told[model] = True
+            if model not in self._start_failures_told:
+                self._start_failures_told.add(model)
                 await self.emitter.provider_failed(
                     provider=self.name, model=model, message=exc.message, log_tail=exc.log_tail
                 )
